@@ -1,0 +1,18 @@
+"""atss_d2: ATSS (Adaptive Training Sample Selection, CVPR 2020) for detectron2.
+
+``import atss_d2`` registers the ``ATSS`` meta-architecture and the
+``build_atss_resnet_fpn_backbone`` backbone with detectron2's registries.
+"""
+from .config import add_atss_config
+from .modeling import (  # noqa: F401  (registration)
+    ATSS,
+    ATSSBoxCoder,
+    ATSSHead,
+    ATSSMatcher,
+    ATSSPointCoder,
+    build_atss_resnet_fpn_backbone,
+)
+
+__version__ = "0.1.0"
+__all__ = ["add_atss_config", "ATSS", "ATSSHead", "ATSSMatcher", "ATSSBoxCoder", "ATSSPointCoder",
+           "build_atss_resnet_fpn_backbone"]

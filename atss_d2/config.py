@@ -1,0 +1,87 @@
+from detectron2.config import CfgNode as CN
+
+
+def add_atss_config(cfg):
+    """
+    Add the config keys of ATSS to a detectron2 config (in place).
+
+    Only the given ``cfg`` is changed, never detectron2's global defaults. Keys named like
+    ``MODEL.RETINANET``'s mean the same thing. Defaults follow mmdetection's
+    ``atss_r50_fpn_1x_coco.py`` (see ``ATSS-SPEC.md``); ``configs/Original`` switches to the
+    authors' behaviour where the two differ.
+    """
+    _C = cfg
+    _C.MODEL.ATSS = CN()
+    # Number of foreground classes.
+    _C.MODEL.ATSS.NUM_CLASSES = 80
+    # Backbone features the head runs on, finest first.
+    _C.MODEL.ATSS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Convs in each of the classification and regression towers.
+    _C.MODEL.ATSS.NUM_CONVS = 4
+    # Normalization in the towers: "GN" (GroupNorm with 32 groups), "" for none, or any
+    # norm name detectron2's get_norm accepts ("BN" is shared across levels: avoid).
+    _C.MODEL.ATSS.NORM = "GN"
+    # Whether tower convs have a bias. mmdetection: no bias before a norm; the authors' code
+    # keeps it (needed to load their checkpoints exactly).
+    _C.MODEL.ATSS.TOWER_CONV_BIAS = False
+    # Use a deformable conv (DCNv1, torchvision's deform_conv2d) as the last conv of each tower,
+    # as the authors' dcnv2 models do.
+    _C.MODEL.ATSS.DCN_IN_TOWER = False
+    # Prior probability of foreground used to initialize the classification bias.
+    _C.MODEL.ATSS.PRIOR_PROB = 0.01
+    # Candidates per level and per GT in the adaptive sample selection.
+    _C.MODEL.ATSS.TOPK = 9
+    # Opt-in: give every GT that ends up with no positive its highest-IoU candidate
+    # (guards against the odd-shaped-GT failure reported on the original repository).
+    _C.MODEL.ATSS.FORCE_ONE_POSITIVE = False
+    # Max GTs whose candidate IoUs are computed at once; bounds memory with crowded images.
+    # Assignments do not depend on it.
+    _C.MODEL.ATSS.MATCHER_GT_CHUNK = 256
+    # Focal loss parameters.
+    _C.MODEL.ATSS.FOCAL_LOSS_ALPHA = 0.25
+    _C.MODEL.ATSS.FOCAL_LOSS_GAMMA = 2.0
+    # Weight of the GIoU box loss.
+    _C.MODEL.ATSS.REG_LOSS_WEIGHT = 2.0
+    # The box loss is divided by the (all-reduced) sum of centerness targets. mmdetection
+    # clamps that sum at >= 1 (True); the authors' code does not (False).
+    _C.MODEL.ATSS.REG_NORM_CLAMP = True
+    # Weights (dx, dy, dw, dh) of the anchor box coding, used when REGRESSION_TYPE is "BOX".
+    _C.MODEL.ATSS.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    # "BOX": deltas against the anchor box; "POINT": anchor-free l, t, r, b distances from the
+    # anchor centre in units of the level's stride.
+    _C.MODEL.ATSS.REGRESSION_TYPE = "BOX"
+    # Box coding of the authors' maskrcnn-benchmark code: widths are x2 - x1 + 1 and decoded
+    # x2/y2 get -1, boxes are clipped to [0, W - 1]. Only for their checkpoints.
+    _C.MODEL.ATSS.LEGACY_PLUS_ONE = False
+    # Inference: keep (anchor, class) pairs whose class probability exceeds this.
+    _C.MODEL.ATSS.SCORE_THRESH_TEST = 0.05
+    # Inference: candidates kept per level before NMS.
+    _C.MODEL.ATSS.TOPK_CANDIDATES_TEST = 1000
+    # Inference: how the per-level candidates are ranked: "cls" (class probability,
+    # mmdetection) or "cls_ctr" (class probability x centerness, the authors' code).
+    _C.MODEL.ATSS.CANDIDATE_RANKING_TEST = "cls"
+    # Inference: class-aware NMS IoU threshold.
+    _C.MODEL.ATSS.NMS_THRESH_TEST = 0.6
+    # Final score: "sqrt" = sqrt(p_cls * p_ctr) (authors' code, detectron2's FCOS) or
+    # "product" = p_cls * p_ctr (mmdetection). Same ranking, so the same COCO AP.
+    _C.MODEL.ATSS.SCORE_MODE = "sqrt"
+    # Images are padded to a multiple of this (32 in both references; detectron2 would pad to
+    # the coarsest stride, 128).
+    _C.MODEL.ATSS.SIZE_DIVISIBILITY = 32
+
+    # Extra FPN levels of the "build_atss_resnet_fpn_backbone" backbone.
+    _C.MODEL.ATSS.FPN = CN()
+    # Feature P6 is computed from ("p5": FPN output, both references; "res5": RetinaNet's way).
+    _C.MODEL.ATSS.FPN.TOP_BLOCK_IN_FEATURE = "p5"
+    # ReLU between P6 and the conv that makes P7: the authors' code has it; mmdetection's
+    # FPN(add_extra_convs="on_output") does not.
+    _C.MODEL.ATSS.FPN.P7_RELU = False
+
+    # Optimizer extras of the authors' recipe (maskrcnn-benchmark): biases get
+    # BASE_LR * BIAS_LR_FACTOR and WEIGHT_DECAY_BIAS; detectron2's own keys hold those values.
+    # Warmup: detectron2's SOLVER.WARMUP_METHOD "constant" with WARMUP_FACTOR 1/3.
+
+    # Data: skip images whose file is missing or unreadable (with a counted warning) instead
+    # of stopping training with an error naming the file.
+    _C.DATALOADER.SKIP_UNREADABLE_IMAGES = False
+    return cfg

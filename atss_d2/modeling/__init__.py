@@ -1,0 +1,7 @@
+from .atss import ATSS
+from .backbone import LastLevelP6P7FromP5, build_atss_resnet_fpn_backbone
+from .box_coder import ATSSBoxCoder, ATSSPointCoder
+from .head import ATSSHead, Scale
+from .matcher import ATSSMatcher, MatchResult
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]

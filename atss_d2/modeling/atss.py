@@ -1,0 +1,348 @@
+"""The ATSS meta-architecture: a detectron2 ``DenseDetector`` with adaptive sample selection."""
+import logging
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from fvcore.nn import sigmoid_focal_loss_jit
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.layers import batched_nms, cat
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.events import get_event_storage
+
+from .box_coder import ATSSBoxCoder, ATSSPointCoder
+from .head import ATSSHead
+from .losses import centerness_target, giou_loss, reduce_mean
+from .matcher import ATSSMatcher
+
+__all__ = ["ATSS"]
+
+logger = logging.getLogger(__name__)
+
+
+def _put_scalars(**values):
+    """Log statistics when an EventStorage is active (always during training with a trainer)."""
+    try:
+        storage = get_event_storage()
+    except AssertionError:
+        return
+    storage.put_scalars(**values)
+
+
+@META_ARCH_REGISTRY.register()
+class ATSS(DenseDetector):
+    """
+    ATSS (Zhang et al., "Bridging the Gap Between Anchor-based and Anchor-free Detection via
+    Adaptive Training Sample Selection", CVPR 2020): one square anchor per location, positives
+    chosen per GT by the mean + std IoU rule, focal loss, centerness-weighted GIoU loss and
+    centerness BCE.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        head: nn.Module,
+        head_in_features: List[str],
+        anchor_generator: nn.Module,
+        box_coder,
+        matcher: ATSSMatcher,
+        num_classes: int,
+        focal_loss_alpha: float = 0.25,
+        focal_loss_gamma: float = 2.0,
+        reg_loss_weight: float = 2.0,
+        reg_norm_clamp: bool = True,
+        test_score_thresh: float = 0.05,
+        test_topk_candidates: int = 1000,
+        candidate_ranking: str = "cls",
+        test_nms_thresh: float = 0.6,
+        max_detections_per_image: int = 100,
+        score_mode: str = "sqrt",
+        legacy_plus_one: bool = False,
+        size_divisibility: int = 32,
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+        input_format: str = "BGR",
+    ):
+        """
+        Args:
+            backbone, head, head_in_features: as in :class:`DenseDetector`; ``head`` returns
+                (logits, box regression, centerness) per level.
+            anchor_generator: gives one set of anchors per level.
+            box_coder: :class:`ATSSBoxCoder` or :class:`ATSSPointCoder`.
+            matcher: :class:`ATSSMatcher`.
+            num_classes: foreground classes.
+            focal_loss_alpha, focal_loss_gamma: sigmoid focal loss parameters.
+            reg_loss_weight: weight of the GIoU loss.
+            reg_norm_clamp: clamp the box-loss normaliser (sum of centerness targets) at >= 1.
+            test_score_thresh: keep (anchor, class) pairs with class probability above this.
+            test_topk_candidates: candidates kept per level before NMS.
+            candidate_ranking: "cls" ranks them by class probability, "cls_ctr" by class
+                probability x centerness.
+            test_nms_thresh: class-aware NMS IoU threshold.
+            max_detections_per_image: detections kept per image after NMS.
+            score_mode: "sqrt" (sqrt(p_cls * p_ctr)) or "product" (p_cls * p_ctr).
+            legacy_plus_one: the authors' "+1" box conventions (clip to W - 1, GIoU details).
+            size_divisibility: images are padded to a multiple of this (32 in both references).
+            pixel_mean, pixel_std, input_format: input normalisation and channel order.
+        """
+        super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
+        if score_mode not in ("sqrt", "product"):
+            raise ValueError(f"MODEL.ATSS.SCORE_MODE must be 'sqrt' or 'product', got {score_mode!r}")
+        if candidate_ranking not in ("cls", "cls_ctr"):
+            raise ValueError(
+                f"MODEL.ATSS.CANDIDATE_RANKING_TEST must be 'cls' or 'cls_ctr', got {candidate_ranking!r}"
+            )
+        self.num_classes = num_classes
+        self.anchor_generator = anchor_generator
+        self.box_coder = box_coder
+        self.matcher = matcher
+        self.focal_loss_alpha = focal_loss_alpha
+        self.focal_loss_gamma = focal_loss_gamma
+        self.reg_loss_weight = reg_loss_weight
+        self.reg_norm_clamp = reg_norm_clamp
+        self.test_score_thresh = test_score_thresh
+        self.test_topk_candidates = test_topk_candidates
+        self.candidate_ranking = candidate_ranking
+        self.test_nms_thresh = test_nms_thresh
+        self.max_detections_per_image = max_detections_per_image
+        self.score_mode = score_mode
+        self.legacy_plus_one = legacy_plus_one
+        self.size_divisibility = size_divisibility
+        self.input_format = input_format
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        backbone_shape = backbone.output_shape()
+        missing = [f for f in cfg.MODEL.ATSS.IN_FEATURES if f not in backbone_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.ATSS.IN_FEATURES names {missing}, which the backbone "
+                f"{cfg.MODEL.BACKBONE.NAME} does not output (it has {sorted(backbone_shape)})"
+            )
+        feature_shapes = [backbone_shape[f] for f in cfg.MODEL.ATSS.IN_FEATURES]
+        head = ATSSHead(cfg, feature_shapes)
+        anchor_generator = build_anchor_generator(cfg, feature_shapes)
+        legacy = cfg.MODEL.ATSS.LEGACY_PLUS_ONE
+        if cfg.MODEL.ATSS.REGRESSION_TYPE == "POINT":
+            sizes = cfg.MODEL.ANCHOR_GENERATOR.SIZES
+            strides = [s.stride for s in feature_shapes]
+            scale = sizes[0][0] / strides[0]
+            box_coder = ATSSPointCoder(scale, legacy_plus_one=legacy)
+        else:
+            box_coder = ATSSBoxCoder(cfg.MODEL.ATSS.BBOX_REG_WEIGHTS, legacy_plus_one=legacy)
+        return {
+            "backbone": backbone,
+            "head": head,
+            "head_in_features": cfg.MODEL.ATSS.IN_FEATURES,
+            "anchor_generator": anchor_generator,
+            "box_coder": box_coder,
+            "matcher": ATSSMatcher(
+                cfg.MODEL.ATSS.TOPK,
+                force_one_positive=cfg.MODEL.ATSS.FORCE_ONE_POSITIVE,
+                gt_chunk_size=cfg.MODEL.ATSS.MATCHER_GT_CHUNK,
+            ),
+            "num_classes": cfg.MODEL.ATSS.NUM_CLASSES,
+            "focal_loss_alpha": cfg.MODEL.ATSS.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": cfg.MODEL.ATSS.FOCAL_LOSS_GAMMA,
+            "reg_loss_weight": cfg.MODEL.ATSS.REG_LOSS_WEIGHT,
+            "reg_norm_clamp": cfg.MODEL.ATSS.REG_NORM_CLAMP,
+            "test_score_thresh": cfg.MODEL.ATSS.SCORE_THRESH_TEST,
+            "test_topk_candidates": cfg.MODEL.ATSS.TOPK_CANDIDATES_TEST,
+            "candidate_ranking": cfg.MODEL.ATSS.CANDIDATE_RANKING_TEST,
+            "test_nms_thresh": cfg.MODEL.ATSS.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "score_mode": cfg.MODEL.ATSS.SCORE_MODE,
+            "legacy_plus_one": legacy,
+            "size_divisibility": cfg.MODEL.ATSS.SIZE_DIVISIBILITY,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+        }
+
+    def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
+        """Normalize and pad to ``size_divisibility`` (32 as in both references, where
+        detectron2's FPN would pad to P7's stride, 128)."""
+        images = [x["image"].to(self.device) for x in batched_inputs]
+        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    # ------------------------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------------------------
+    def forward_training(self, images, features, predictions, gt_instances):
+        pred_logits, pred_deltas, pred_ctr = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1]
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        return self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ctr)
+
+    @torch.no_grad()
+    def label_anchors(
+        self, anchors: List[Boxes], gt_instances: List[Instances]
+    ) -> Tuple[List[Tensor], List[Tensor]]:
+        """
+        Returns:
+            gt_labels: per image, LongTensor (R,): class index for positives, ``num_classes``
+                for background, -1 for ignored anchors.
+            matched_gt_boxes: per image, Tensor (R, 4): the matched GT box (meaningful for
+                positives only).
+        """
+        num_anchors = sum(len(a) for a in anchors)
+        gt_labels, matched_boxes, num_pos, thresholds = [], [], [], []
+        for instances in gt_instances:
+            result = self.matcher.match(anchors, instances.gt_boxes)
+            matches = result.matches
+            if len(instances) > 0:
+                labels = instances.gt_classes[matches.clamp(min=0)].clone()
+                boxes = instances.gt_boxes.tensor[matches.clamp(min=0)]
+                thresholds.append(result.thresholds)
+            else:
+                labels = matches.new_zeros(num_anchors)
+                boxes = torch.zeros(num_anchors, 4, device=matches.device)
+            labels[matches == ATSSMatcher.BACKGROUND] = self.num_classes
+            labels[matches == ATSSMatcher.IGNORE] = -1
+            gt_labels.append(labels)
+            matched_boxes.append(boxes)
+            num_pos.append((matches >= 0).sum())
+        thresholds = torch.cat(thresholds) if thresholds else None
+        _put_scalars(
+            **{"atss/num_pos_per_image": torch.stack(num_pos).float().mean().item()},
+            **({"atss/iou_threshold_mean": thresholds.mean().item()} if thresholds is not None and len(thresholds) else {}),
+        )
+        return gt_labels, matched_boxes
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ctr):
+        """
+        Args:
+            anchors: per level Boxes (R_l, 4); pred_logits, pred_deltas, pred_ctr: per level
+                (N, R_l, K), (N, R_l, 4), (N, R_l, 1); gt_labels, gt_boxes: per image, from
+                :meth:`label_anchors`.
+
+        Returns:
+            dict with "loss_cls", "loss_box_reg" and "loss_centerness".
+        """
+        gt_labels = torch.stack(gt_labels)  # (N, R)
+        valid = gt_labels >= 0
+        pos = valid & (gt_labels != self.num_classes)
+        # Normaliser: positives in the batch averaged over workers, floored at 1.
+        num_pos = reduce_mean(pos.sum().float())
+        normalizer = num_pos.clamp(min=1.0)
+
+        logits = cat(pred_logits, dim=1).float()  # (N, R, K)
+        target = F.one_hot(gt_labels[valid], self.num_classes + 1)[:, :-1].to(logits.dtype)
+        loss_cls = sigmoid_focal_loss_jit(
+            logits[valid], target, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma,
+            reduction="sum",
+        ) / normalizer
+
+        deltas = cat(pred_deltas, dim=1).float()  # (N, R, 4)
+        ctr_logits = cat(pred_ctr, dim=1).float().squeeze(2)  # (N, R)
+        all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
+        pos_anchors = all_anchors[None].expand(len(gt_labels), -1, -1)[pos]  # (P, 4)
+        pos_gt = torch.stack(gt_boxes)[pos].float()  # (P, 4)
+        ctr_targets = centerness_target(pos_anchors, pos_gt)  # (P,)
+        # All-reduced on every worker, positives or not, so that no worker waits forever.
+        ctr_sum = reduce_mean(ctr_targets.sum())
+        if pos.any():
+            pred_boxes = self.box_coder.apply_deltas(deltas[pos], pos_anchors)
+            giou = giou_loss(pred_boxes, pos_gt, legacy=self.legacy_plus_one)
+            box_norm = ctr_sum.clamp(min=1.0) if self.reg_norm_clamp else ctr_sum.clamp(min=1e-6)
+            loss_box = self.reg_loss_weight * (giou * ctr_targets).sum() / box_norm
+            loss_ctr = F.binary_cross_entropy_with_logits(
+                ctr_logits[pos], ctr_targets, reduction="sum"
+            ) / normalizer
+        else:
+            # Zero, but connected to the graph so that DDP sees a gradient for every parameter.
+            loss_box = deltas.sum() * 0
+            loss_ctr = ctr_logits.sum() * 0
+        return {"loss_cls": loss_cls, "loss_box_reg": loss_box, "loss_centerness": loss_ctr}
+
+    # ------------------------------------------------------------------------------------
+    # Inference
+    # ------------------------------------------------------------------------------------
+    def forward_inference(self, images: ImageList, features: List[Tensor], predictions):
+        pred_logits, pred_deltas, pred_ctr = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1]
+        )
+        anchors = self.anchor_generator(features)
+        results: List[Instances] = []
+        for img_idx, image_size in enumerate(images.image_sizes):
+            results.append(
+                self.inference_single_image(
+                    anchors,
+                    [x[img_idx] for x in pred_logits],
+                    [x[img_idx] for x in pred_deltas],
+                    [x[img_idx] for x in pred_ctr],
+                    image_size,
+                )
+            )
+        return results
+
+    def inference_single_image(
+        self,
+        anchors: List[Boxes],
+        logits: List[Tensor],
+        deltas: List[Tensor],
+        ctr: List[Tensor],
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        """
+        Args:
+            anchors: per level Boxes (R_l, 4); logits, deltas, ctr: per level (R_l, K),
+                (R_l, 4), (R_l, 1) of one image; image_size: (h, w) of the resized image.
+
+        Returns:
+            Instances with pred_boxes, scores and pred_classes, at most
+            ``max_detections_per_image``, sorted by score.
+        """
+        boxes_all, scores_all, classes_all = [], [], []
+        for anchors_l, logits_l, deltas_l, ctr_l in zip(anchors, logits, deltas, ctr):
+            cls_prob = logits_l.float().sigmoid()  # (R_l, K)
+            ctr_prob = ctr_l.float().sigmoid()  # (R_l, 1)
+            keep = cls_prob > self.test_score_thresh
+            if self.candidate_ranking == "cls":
+                ranking = cls_prob[keep]
+            else:
+                ranking = (cls_prob * ctr_prob)[keep]
+            candidates = keep.nonzero()  # (M, 2): anchor, class
+            num_topk = min(self.test_topk_candidates, candidates.size(0))
+            ranking, order = ranking.sort(descending=True)
+            candidates = candidates[order[:num_topk]]
+            anchor_idx, class_idx = candidates.unbind(dim=1)
+            p_cls = cls_prob[anchor_idx, class_idx]
+            p_ctr = ctr_prob[anchor_idx, 0]
+            boxes = self.box_coder.apply_deltas(deltas_l[anchor_idx].float(), anchors_l.tensor[anchor_idx])
+            boxes = self._clip(boxes, image_size)
+            if not self.legacy_plus_one:
+                nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+                boxes, p_cls, p_ctr, class_idx = boxes[nonempty], p_cls[nonempty], p_ctr[nonempty], class_idx[nonempty]
+            score = p_cls * p_ctr
+            if self.score_mode == "sqrt":
+                score = torch.sqrt(score)
+            boxes_all.append(boxes)
+            scores_all.append(score)
+            classes_all.append(class_idx)
+        boxes, scores, classes = cat(boxes_all), cat(scores_all), cat(classes_all)
+        keep = batched_nms(boxes, scores, classes, self.test_nms_thresh)
+        keep = keep[: self.max_detections_per_image]
+        result = Instances(image_size)
+        result.pred_boxes = Boxes(boxes[keep])
+        result.scores = scores[keep]
+        result.pred_classes = classes[keep]
+        return result
+
+    def _clip(self, boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
+        h, w = image_size
+        one = 1 if self.legacy_plus_one else 0
+        x = boxes[:, 0::2].clamp(min=0, max=w - one)
+        y = boxes[:, 1::2].clamp(min=0, max=h - one)
+        return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)

@@ -1,0 +1,66 @@
+"""ResNet-FPN backbone with P3..P7, P6 computed from P5 (both ATSS references)."""
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone import FPN
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+__all__ = ["LastLevelP6P7FromP5", "build_atss_resnet_fpn_backbone"]
+
+
+class LastLevelP6P7FromP5(nn.Module):
+    """
+    P6 = conv3x3/s2(x), P7 = conv3x3/s2(relu(P6)) or conv3x3/s2(P6), where x is P5 (or res5).
+
+    detectron2's ``LastLevelP6P7`` always applies the ReLU; mmdetection's
+    ``FPN(add_extra_convs="on_output")`` does not, so it is a switch here.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, in_feature: str = "p5", p7_relu: bool = True):
+        super().__init__()
+        self.num_levels = 2
+        self.in_feature = in_feature
+        self.p7_relu = p7_relu
+        self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
+        self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
+        for module in (self.p6, self.p7):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, x):
+        p6 = self.p6(x)
+        p7 = self.p7(F.relu(p6) if self.p7_relu else p6)
+        return [p6, p7]
+
+
+@BACKBONE_REGISTRY.register()
+def build_atss_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """
+    ResNet (``MODEL.RESNETS``) + FPN (``MODEL.FPN``) giving p3..p7; P6/P7 from
+    ``MODEL.ATSS.FPN.TOP_BLOCK_IN_FEATURE`` ("p5" by default), ReLU before P7 per
+    ``MODEL.ATSS.FPN.P7_RELU``.
+    """
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    in_feature = cfg.MODEL.ATSS.FPN.TOP_BLOCK_IN_FEATURE
+    if in_feature == "p5":
+        in_channels = out_channels
+    elif in_feature in bottom_up.output_shape():
+        in_channels = bottom_up.output_shape()[in_feature].channels
+    else:
+        raise ValueError(
+            f"MODEL.ATSS.FPN.TOP_BLOCK_IN_FEATURE={in_feature!r}: expected 'p5' or one of "
+            f"{sorted(bottom_up.output_shape())}"
+        )
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7FromP5(
+            in_channels, out_channels, in_feature=in_feature, p7_relu=cfg.MODEL.ATSS.FPN.P7_RELU
+        ),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )

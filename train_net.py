@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""
+Train and evaluate ATSS with detectron2.
+
+    python train_net.py --config-file configs/COCO-Detection/atss_R_50_FPN_1x.yaml --num-gpus 8
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS /path/to/model.pth
+    python train_net.py --config-file configs/Shapes/atss_R_18_FPN_shapes.yaml \
+        --coco-dataset my_train data/train.json data/images DATASETS.TRAIN "('my_train',)"
+"""
+import logging
+import os
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.utils import comm
+
+import atss_d2
+from atss_d2.data import register_coco_dataset
+from atss_d2.utils import has_compiled_ops
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        # detectron2's fast COCO evaluation is a compiled op; pycocotools gives the same numbers.
+        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops())
+
+
+def setup(args):
+    cfg = get_cfg()
+    atss_d2.add_atss_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    for name, json_file, image_root in args.coco_dataset or []:
+        register_coco_dataset(name, json_file, image_root)
+    cfg = setup(args)
+
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def get_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--coco-dataset",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_DIR"),
+        help="register a COCO-format dataset under NAME (repeatable), so that "
+        "DATASETS.TRAIN / DATASETS.TEST can name it",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    args = get_parser().parse_args()
+    logging.getLogger("atss_d2").setLevel(logging.INFO)
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
