@@ -7,6 +7,7 @@ Train and evaluate ATSS with detectron2.
     python train_net.py --config-file configs/Shapes/atss_R_18_FPN_shapes.yaml \
         --coco-dataset my_train data/train.json data/images DATASETS.TRAIN "('my_train',)"
 """
+
 import logging
 import os
 
@@ -27,7 +28,9 @@ class Trainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         # detectron2's fast COCO evaluation is a compiled op; pycocotools gives the same numbers.
-        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops())
+        return COCOEvaluator(
+            dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops()
+        )
 
 
 def setup(args):

@@ -1,4 +1,5 @@
 """Small helpers shared by the tools."""
+
 import functools
 
 __all__ = ["has_compiled_ops"]

@@ -12,6 +12,7 @@ Order of preference:
 
 Every failure exits non-zero with a message naming the step and what to do.
 """
+
 import argparse
 import hashlib
 import importlib.util
@@ -96,8 +97,11 @@ def pip(*args, step):
     cmd = [sys.executable, "-m", "pip", *args]
     print("[install_detectron2] $ " + " ".join(cmd), flush=True)
     if subprocess.call(cmd) != 0:
-        fail(step, "pip returned an error (see its output above). Check network access to the "
-             "package registry, then run 'make setup' again.")
+        fail(
+            step,
+            "pip returned an error (see its output above). Check network access to the "
+            "package registry, then run 'make setup' again.",
+        )
 
 
 def sha256_of(path):
@@ -121,8 +125,11 @@ def patch_setup_py(src_dir):
     for pattern, new in replacements:
         text, n = re.subn(pattern, new, text)
         if n != 1:
-            fail("patch setup.py", f"expected one match of {pattern!r} in {path}, found {n}; "
-                 "the sdist is not the one this script knows")
+            fail(
+                "patch setup.py",
+                f"expected one match of {pattern!r} in {path}, found {n}; "
+                "the sdist is not the one this script knows",
+            )
     # Replace the dependency list by the pins the pure-Python 0.6 build needs.
     start = text.index("install_requires=[")
     end = text.index("],", start) + 2
@@ -133,8 +140,17 @@ def patch_setup_py(src_dir):
 
 def build_fallback(workdir):
     step = "download pb1-detectron2 sdist"
-    pip("download", "--no-deps", "--no-build-isolation", "--no-binary", ":all:", "-d", workdir,
-        f"{SDIST_NAME}=={SDIST_VERSION}", step=step)
+    pip(
+        "download",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-binary",
+        ":all:",
+        "-d",
+        workdir,
+        f"{SDIST_NAME}=={SDIST_VERSION}",
+        step=step,
+    )
     archive = os.path.join(workdir, f"{SDIST_NAME}-{SDIST_VERSION}.tar.gz")
     if not os.path.isfile(archive):
         fail(step, f"{archive} was not downloaded")
@@ -142,7 +158,9 @@ def build_fallback(workdir):
     step = "verify sha256"
     digest = sha256_of(archive)
     if digest != SDIST_SHA256:
-        fail(step, f"{archive} has sha256 {digest}, expected {SDIST_SHA256}; refusing to install it")
+        fail(
+            step, f"{archive} has sha256 {digest}, expected {SDIST_SHA256}; refusing to install it"
+        )
 
     step = "unpack sdist"
     with tarfile.open(archive) as tar:
@@ -170,8 +188,11 @@ def build_fallback(workdir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--force-fallback", action="store_true",
-                        help="build the pure-Python fallback even if detectron2 is importable")
+    parser.add_argument(
+        "--force-fallback",
+        action="store_true",
+        help="build the pure-Python fallback even if detectron2 is importable",
+    )
     args = parser.parse_args()
 
     if importlib.util.find_spec("torch") is None:

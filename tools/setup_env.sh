@@ -61,7 +61,7 @@ step "3/5 detectron2"
     || fail "detectron2" "see the message above; to use your own build, set DETECTRON2_SOURCE=/path/to/detectron2 and run 'make setup' again"
 
 step "4/5 atss_d2 (editable) and its dependencies"
-"${PIP[@]}" install -e "$ROOT[dev]" \
+"${PIP[@]}" install --no-build-isolation -e "$ROOT[dev]" \
     || fail "atss_d2" "'pip install -e .[dev]' failed; see pip's message above"
 
 step "5/5 check"

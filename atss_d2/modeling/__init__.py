@@ -4,4 +4,14 @@ from .box_coder import ATSSBoxCoder, ATSSPointCoder
 from .head import ATSSHead, Scale
 from .matcher import ATSSMatcher, MatchResult
 
-__all__ = [k for k in globals().keys() if not k.startswith("_")]
+__all__ = [
+    "ATSS",
+    "ATSSBoxCoder",
+    "ATSSHead",
+    "ATSSMatcher",
+    "ATSSPointCoder",
+    "LastLevelP6P7FromP5",
+    "MatchResult",
+    "Scale",
+    "build_atss_resnet_fpn_backbone",
+]

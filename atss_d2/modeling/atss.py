@@ -1,12 +1,10 @@
 """The ATSS meta-architecture: a detectron2 ``DenseDetector`` with adaptive sample selection."""
+
 import logging
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
-from fvcore.nn import sigmoid_focal_loss_jit
-from torch import Tensor, nn
-
 from detectron2.config import configurable
 from detectron2.layers import batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
@@ -14,6 +12,8 @@ from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
+from fvcore.nn import sigmoid_focal_loss_jit
+from torch import Tensor, nn
 
 from .box_coder import ATSSBoxCoder, ATSSPointCoder
 from .head import ATSSHead
@@ -92,12 +92,17 @@ class ATSS(DenseDetector):
             size_divisibility: images are padded to a multiple of this (32 in both references).
             pixel_mean, pixel_std, input_format: input normalisation and channel order.
         """
-        super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
+        super().__init__(
+            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
         if score_mode not in ("sqrt", "product"):
-            raise ValueError(f"MODEL.ATSS.SCORE_MODE must be 'sqrt' or 'product', got {score_mode!r}")
+            raise ValueError(
+                f"MODEL.ATSS.SCORE_MODE must be 'sqrt' or 'product', got {score_mode!r}"
+            )
         if candidate_ranking not in ("cls", "cls_ctr"):
             raise ValueError(
-                f"MODEL.ATSS.CANDIDATE_RANKING_TEST must be 'cls' or 'cls_ctr', got {candidate_ranking!r}"
+                "MODEL.ATSS.CANDIDATE_RANKING_TEST must be 'cls' or 'cls_ctr', "
+                f"got {candidate_ranking!r}"
             )
         self.num_classes = num_classes
         self.anchor_generator = anchor_generator
@@ -216,7 +221,11 @@ class ATSS(DenseDetector):
         thresholds = torch.cat(thresholds) if thresholds else None
         _put_scalars(
             **{"atss/num_pos_per_image": torch.stack(num_pos).float().mean().item()},
-            **({"atss/iou_threshold_mean": thresholds.mean().item()} if thresholds is not None and len(thresholds) else {}),
+            **(
+                {"atss/iou_threshold_mean": thresholds.mean().item()}
+                if thresholds is not None and len(thresholds)
+                else {}
+            ),
         )
         return gt_labels, matched_boxes
 
@@ -239,10 +248,16 @@ class ATSS(DenseDetector):
 
         logits = cat(pred_logits, dim=1).float()  # (N, R, K)
         target = F.one_hot(gt_labels[valid], self.num_classes + 1)[:, :-1].to(logits.dtype)
-        loss_cls = sigmoid_focal_loss_jit(
-            logits[valid], target, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma,
-            reduction="sum",
-        ) / normalizer
+        loss_cls = (
+            sigmoid_focal_loss_jit(
+                logits[valid],
+                target,
+                alpha=self.focal_loss_alpha,
+                gamma=self.focal_loss_gamma,
+                reduction="sum",
+            )
+            / normalizer
+        )
 
         deltas = cat(pred_deltas, dim=1).float()  # (N, R, 4)
         ctr_logits = cat(pred_ctr, dim=1).float().squeeze(2)  # (N, R)
@@ -257,9 +272,10 @@ class ATSS(DenseDetector):
             giou = giou_loss(pred_boxes, pos_gt, legacy=self.legacy_plus_one)
             box_norm = ctr_sum.clamp(min=1.0) if self.reg_norm_clamp else ctr_sum.clamp(min=1e-6)
             loss_box = self.reg_loss_weight * (giou * ctr_targets).sum() / box_norm
-            loss_ctr = F.binary_cross_entropy_with_logits(
-                ctr_logits[pos], ctr_targets, reduction="sum"
-            ) / normalizer
+            loss_ctr = (
+                F.binary_cross_entropy_with_logits(ctr_logits[pos], ctr_targets, reduction="sum")
+                / normalizer
+            )
         else:
             # Zero, but connected to the graph so that DDP sees a gradient for every parameter.
             loss_box = deltas.sum() * 0
@@ -320,11 +336,18 @@ class ATSS(DenseDetector):
             anchor_idx, class_idx = candidates.unbind(dim=1)
             p_cls = cls_prob[anchor_idx, class_idx]
             p_ctr = ctr_prob[anchor_idx, 0]
-            boxes = self.box_coder.apply_deltas(deltas_l[anchor_idx].float(), anchors_l.tensor[anchor_idx])
+            boxes = self.box_coder.apply_deltas(
+                deltas_l[anchor_idx].float(), anchors_l.tensor[anchor_idx]
+            )
             boxes = self._clip(boxes, image_size)
             if not self.legacy_plus_one:
                 nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-                boxes, p_cls, p_ctr, class_idx = boxes[nonempty], p_cls[nonempty], p_ctr[nonempty], class_idx[nonempty]
+                boxes, p_cls, p_ctr, class_idx = (
+                    boxes[nonempty],
+                    p_cls[nonempty],
+                    p_ctr[nonempty],
+                    class_idx[nonempty],
+                )
             score = p_cls * p_ctr
             if self.score_mode == "sqrt":
                 score = torch.sqrt(score)

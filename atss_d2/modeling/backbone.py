@@ -1,11 +1,11 @@
 """ResNet-FPN backbone with P3..P7, P6 computed from P5 (both ATSS references)."""
-import torch.nn.functional as F
-from torch import nn
 
+import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from torch import nn
 
 __all__ = ["LastLevelP6P7FromP5", "build_atss_resnet_fpn_backbone"]
 
@@ -18,7 +18,9 @@ class LastLevelP6P7FromP5(nn.Module):
     ``FPN(add_extra_convs="on_output")`` does not, so it is a switch here.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, in_feature: str = "p5", p7_relu: bool = True):
+    def __init__(
+        self, in_channels: int, out_channels: int, in_feature: str = "p5", p7_relu: bool = True
+    ):
         super().__init__()
         self.num_levels = 2
         self.in_feature = in_feature

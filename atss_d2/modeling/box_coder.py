@@ -6,6 +6,7 @@ dw/dh on both sides at log(1000/16)) so that converted mmdetection models decode
 ``legacy_plus_one=True`` follows the authors' maskrcnn-benchmark code instead: widths are
 x2 - x1 + 1, decoded boxes are ctr -/+ 0.5 * (w - 1), and dw/dh are clamped from above only.
 """
+
 import math
 from typing import Sequence
 
@@ -46,7 +47,12 @@ class ATSSBoxCoder:
         ty = (target[:, 1] + target[:, 3]) * 0.5
         wx, wy, ww, wh = self.weights
         return torch.stack(
-            [wx * (tx - ax) / aw, wy * (ty - ay) / ah, ww * torch.log(tw / aw), wh * torch.log(th / ah)],
+            [
+                wx * (tx - ax) / aw,
+                wy * (ty - ay) / ah,
+                ww * torch.log(tw / aw),
+                wh * torch.log(th / ah),
+            ],
             dim=1,
         )
 
@@ -104,8 +110,12 @@ class ATSSPointCoder:
     def get_deltas(self, anchors: Tensor, target: Tensor) -> Tensor:
         cx, cy, uw, uh = self._unit(anchors)
         return torch.stack(
-            [(cx - target[:, 0]) / uw, (cy - target[:, 1]) / uh,
-             (target[:, 2] - cx) / uw, (target[:, 3] - cy) / uh],
+            [
+                (cx - target[:, 0]) / uw,
+                (cy - target[:, 1]) / uh,
+                (target[:, 2] - cx) / uw,
+                (target[:, 3] - cy) / uh,
+            ],
             dim=1,
         )
 
@@ -113,7 +123,11 @@ class ATSSPointCoder:
         anchors = anchors.to(deltas.dtype)
         cx, cy, uw, uh = self._unit(anchors)
         return torch.stack(
-            [cx - deltas[:, 0] * uw, cy - deltas[:, 1] * uh,
-             cx + deltas[:, 2] * uw, cy + deltas[:, 3] * uh],
+            [
+                cx - deltas[:, 0] * uw,
+                cy - deltas[:, 1] * uh,
+                cx + deltas[:, 2] * uw,
+                cy + deltas[:, 3] * uh,
+            ],
             dim=1,
         )

@@ -1,14 +1,14 @@
 """The ATSS head: classification and regression towers shared across levels."""
+
 import math
 from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling.anchor_generator import build_anchor_generator
+from torch import Tensor, nn
 
 __all__ = ["ATSSHead", "Scale"]
 
@@ -73,7 +73,9 @@ class ATSSHead(nn.Module):
         if len({s.channels for s in input_shape}) != 1:
             raise ValueError(f"ATSSHead needs equal channels on all levels, got {input_shape}")
         if regression_type not in ("BOX", "POINT"):
-            raise ValueError(f"MODEL.ATSS.REGRESSION_TYPE must be 'BOX' or 'POINT', got {regression_type!r}")
+            raise ValueError(
+                f"MODEL.ATSS.REGRESSION_TYPE must be 'BOX' or 'POINT', got {regression_type!r}"
+            )
         if regression_type == "POINT" and num_anchors != 1:
             raise ValueError("MODEL.ATSS.REGRESSION_TYPE='POINT' needs one anchor per location")
         self.num_classes = num_classes
@@ -87,7 +89,11 @@ class ATSSHead(nn.Module):
                 if dcn_in_tower and i == len(conv_dims) - 1:
                     from .deform import DeformConvWithOffset
 
-                    layers.append(DeformConvWithOffset(channels, out, kernel_size=3, padding=1, bias=conv_bias))
+                    layers.append(
+                        DeformConvWithOffset(
+                            channels, out, kernel_size=3, padding=1, bias=conv_bias
+                        )
+                    )
                 else:
                     layers.append(nn.Conv2d(channels, out, 3, padding=1, bias=conv_bias))
                 if norm:

@@ -1,4 +1,5 @@
 """Loss pieces of ATSS that detectron2 does not have in the form the references use."""
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -24,7 +25,9 @@ def giou_loss(pred: Tensor, target: Tensor, *, eps: float = 1e-6, legacy: bool =
     rb = torch.min(pred[:, 2:], target[:, 2:])
     wh = (rb - lt).clamp(min=0)
     overlap = wh[:, 0] * wh[:, 1]
-    enclose_wh = (torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])).clamp(min=0)
+    enclose_wh = (
+        torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])
+    ).clamp(min=0)
     enclose = enclose_wh[:, 0] * enclose_wh[:, 1]
     if legacy:
         union = area1 + area2 - overlap + 1e-7

@@ -7,12 +7,12 @@ distance, IoU and statistics formulas), but computes IoUs only for the candidate
 ``topk`` per level and GT) instead of the full anchors x GTs matrix, and processes the GTs in
 chunks, so memory stays bounded with thousands of GTs in one image.
 """
+
 from typing import List, NamedTuple, Optional
 
 import torch
-from torch import Tensor
-
 from detectron2.structures import Boxes
+from torch import Tensor
 
 __all__ = ["ATSSMatcher", "MatchResult", "candidate_ious"]
 
@@ -132,9 +132,7 @@ class ATSSMatcher:
         level_tensors = [_as_tensor(a) for a in anchors_per_level]
         gt = _as_tensor(gt_boxes)
         if len(level_tensors) == 0:
-            return MatchResult(
-                torch.empty(0, dtype=torch.long, device=gt.device), gt.new_zeros(0)
-            )
+            return MatchResult(torch.empty(0, dtype=torch.long, device=gt.device), gt.new_zeros(0))
         device = level_tensors[0].device
         anchors = torch.cat(level_tensors, dim=0)
         gt = gt.to(device=device, dtype=anchors.dtype)
@@ -156,7 +154,9 @@ class ATSSMatcher:
         best = anchors.new_full((num_anchors,), float("-inf"))
         for start in range(0, num_gt, self.gt_chunk_size):
             chunk = gt[start : start + self.gt_chunk_size]  # (Gc, 4)
-            cand, cand_iou, positive, thr = self._select(chunk, anchors, anchor_ctr, level_sizes, ignored)
+            cand, cand_iou, positive, thr = self._select(
+                chunk, anchors, anchor_ctr, level_sizes, ignored
+            )
             thresholds[start : start + len(chunk)] = thr
             score = cand_iou.clone()
             if self.force_one_positive:
@@ -205,9 +205,14 @@ class ATSSMatcher:
         # Candidate centres strictly inside the GT.
         cx = anchor_ctr[cand, 0]
         cy = anchor_ctr[cand, 1]
-        inside = torch.stack(
-            [cx - chunk[:, 0], cy - chunk[:, 1], chunk[:, 2] - cx, chunk[:, 3] - cy], dim=-1
-        ).min(dim=-1).values > _INSIDE_EPS
+        inside = (
+            torch.stack(
+                [cx - chunk[:, 0], cy - chunk[:, 1], chunk[:, 2] - cx, chunk[:, 3] - cy], dim=-1
+            )
+            .min(dim=-1)
+            .values
+            > _INSIDE_EPS
+        )
         return cand, cand_iou, positive & inside, thr
 
     @staticmethod
