@@ -330,9 +330,10 @@ class ATSS(DenseDetector):
             else:
                 ranking = (cls_prob * ctr_prob)[keep]
             candidates = keep.nonzero()  # (M, 2): anchor, class
-            num_topk = min(self.test_topk_candidates, candidates.size(0))
             ranking, order = ranking.sort(descending=True)
-            candidates = candidates[order[:num_topk]]
+            # Slicing past the end keeps all M: the same as order[:min(topk, M)], and a
+            # constant slice keeps traced / exported models correct for any M.
+            candidates = candidates[order[: self.test_topk_candidates]]
             anchor_idx, class_idx = candidates.unbind(dim=1)
             p_cls = cls_prob[anchor_idx, class_idx]
             p_ctr = ctr_prob[anchor_idx, 0]
