@@ -68,6 +68,14 @@ def add_atss_config(cfg):
     # Images are padded to a multiple of this (32 in both references; detectron2 would pad to
     # the coarsest stride, 128).
     _C.MODEL.ATSS.SIZE_DIVISIBILITY = 32
+    # Test-time augmentation (on with detectron2's TEST.AUG.ENABLED; views from TEST.AUG.MIN_SIZES,
+    # MAX_SIZE and FLIP): how the detections of all views are merged. "nms": class-aware NMS at
+    # NMS_THRESH_TEST; "vote": the same NMS, then each kept box is replaced by the score-weighted
+    # mean of the same-class boxes overlapping it by IoU >= TTA_VOTE_THRESH (box voting, as in
+    # the authors' multi-scale testing).
+    _C.MODEL.ATSS.TTA_MERGE = "nms"
+    # IoU at which a box takes part in another's vote when TTA_MERGE is "vote".
+    _C.MODEL.ATSS.TTA_VOTE_THRESH = 0.66
 
     # Extra FPN levels of the "build_atss_resnet_fpn_backbone" backbone.
     _C.MODEL.ATSS.FPN = CN()
