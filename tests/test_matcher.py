@@ -13,10 +13,10 @@ from typing import List
 
 import pytest
 import torch
-
-from atss_d2.modeling import ATSSMatcher
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.structures import Boxes
+
+from atss_d2.modeling import ATSSMatcher
 
 BG = -1
 IGNORE = -2
@@ -371,9 +371,9 @@ def reference_assign(anchors_per_level: List[Boxes], gt: Boxes, topk: int) -> to
     mean = (iou64 * is_cand).sum(dim=0) / n
     var = (((iou64 - mean) ** 2) * is_cand).sum(dim=0) / (n - 1).clamp(min=1)  # Bessel
     thr = (mean + var.sqrt()).float()
-    l, t = acx[:, None] - gtt[None, :, 0], acy[:, None] - gtt[None, :, 1]
-    r, b = gtt[None, :, 2] - acx[:, None], gtt[None, :, 3] - acy[:, None]
-    inside = torch.stack([l, t, r, b]).min(dim=0).values > 0.01
+    left, top = acx[:, None] - gtt[None, :, 0], acy[:, None] - gtt[None, :, 1]
+    right, bottom = gtt[None, :, 2] - acx[:, None], gtt[None, :, 3] - acy[:, None]
+    inside = torch.stack([left, top, right, bottom]).min(dim=0).values > 0.01
     positive = is_cand & (ious >= thr[None, :]) & inside
     positive_iou = torch.where(positive, ious, torch.tensor(-math.inf))
     best = positive_iou.max(dim=1).values
