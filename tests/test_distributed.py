@@ -1,0 +1,152 @@
+"""
+Two CPU workers (gloo): the loss normalisers N_pos and the sum of centerness targets are
+averaged over workers (all-reduce / world size) before the floor/clamp at 1 (ATSS-SPEC.md).
+"""
+
+import datetime
+import json
+import math
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+# Every worker's anchors are copies of this box, decoded with deltas (1, 0, 5 ln 2, 0) to
+# [-4, 0, 16, 10]: against the GT (the anchor itself) GIoU loss 0.5, centerness target 1.
+ANCHOR = [0.0, 0.0, 10.0, 10.0]
+DELTA = [1.0, 0.0, 5 * math.log(2.0), 0.0]
+GIOU = 0.5
+NUM_CLASSES = 2
+# Per scenario, per rank: labels of 4 anchors (NUM_CLASSES = background).
+SCENARIOS = {
+    "3_vs_1": [[0, 1, 0, 2], [2, 2, 1, 2]],
+    "2_vs_1": [[0, 1, 2, 2], [2, 2, 1, 2]],
+    "1_vs_0": [[1, 2, 2, 2], [2, 2, 2, 2]],
+}
+LOGITS = [
+    [[0.5, -1.0], [1.0, -2.0], [-0.5, 2.0], [0.1, 0.2]],
+    [[2.0, 0.0], [-1.0, -1.0], [0.3, -0.7], [1.5, -0.5]],
+]
+CTR = [[0.3, -0.4, 1.2, 0.0], [0.5, 0.6, -0.8, 0.2]]
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def _focal(x, t, alpha=0.25, gamma=2.0):
+    p = _sigmoid(x)
+    p_t = p if t else 1 - p
+    return -(alpha if t else 1 - alpha) * (1 - p_t) ** gamma * math.log(p_t)
+
+
+def _bce(x, t):
+    p = _sigmoid(x)
+    return -(t * math.log(p) + (1 - t) * math.log(1 - p))
+
+
+def _worker(rank, world_size, port, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        from detectron2.structures import Boxes
+        from torch import nn
+
+        from atss_d2.modeling import ATSS, ATSSBoxCoder, ATSSMatcher
+
+        model = ATSS(
+            backbone=nn.Identity(),
+            head=nn.Identity(),
+            head_in_features=["p3"],
+            anchor_generator=nn.Identity(),
+            box_coder=ATSSBoxCoder(),
+            matcher=ATSSMatcher(9),
+            num_classes=NUM_CLASSES,
+            pixel_mean=[0.0, 0.0, 0.0],
+            pixel_std=[1.0, 1.0, 1.0],
+        )
+        results = {}
+        for name, labels in SCENARIOS.items():
+            n = len(labels[rank])
+            deltas = torch.tensor([DELTA] * n)[None].requires_grad_()
+            ctr = torch.tensor(CTR[rank])[None, :, None].requires_grad_()
+            out = model.losses(
+                [Boxes(torch.tensor([ANCHOR] * n))],
+                [torch.tensor(LOGITS[rank])[None]],
+                [torch.tensor(labels[rank])],
+                [deltas],
+                [torch.tensor([ANCHOR] * n)],
+                [ctr],
+            )
+            sum(out.values()).backward()
+            results[name] = {k: v.item() for k, v in out.items()}
+            results[name]["grads_finite"] = bool(
+                torch.isfinite(deltas.grad).all() and torch.isfinite(ctr.grad).all()
+            )
+        with open(os.path.join(out_dir, f"{rank}.json"), "w") as f:
+            json.dump(results, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _expected(name, rank):
+    labels = SCENARIOS[name]
+    num_pos = [sum(1 for x in lab if x != NUM_CLASSES) for lab in labels]
+    n_pos = max(sum(num_pos) / len(labels), 1.0)  # average over workers, floor 1
+    ctr_sum = max(sum(num_pos) * 1.0 / len(labels), 1.0)  # every centerness target is 1
+    mine = labels[rank]
+    cls = sum(
+        _focal(x, int(c == lab)) for row, lab in zip(LOGITS[rank], mine) for c, x in enumerate(row)
+    )
+    pos = [i for i, lab in enumerate(mine) if lab != NUM_CLASSES]
+    return {
+        "loss_cls": cls / n_pos,
+        "loss_box_reg": 2.0 * GIOU * len(pos) / ctr_sum,
+        "loss_centerness": sum(_bce(CTR[rank][i], 1.0) for i in pos) / n_pos,
+    }
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_normalisers_are_averaged_over_workers(tmp_path):
+    ctx = mp.start_processes(
+        _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.time() + 120
+    while not ctx.join(timeout=5):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail("distributed workers did not finish (hang in all-reduce?)")
+    results = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    # 3 vs 1 positives: N_pos = 2 on both workers; sum of centerness (3 + 1) / 2 = 2.
+    for name in SCENARIOS:
+        for rank in range(2):
+            got = results[rank][name]
+            assert got.pop("grads_finite"), (name, rank)
+            expected = _expected(name, rank)
+            for key, value in expected.items():
+                assert got[key] == pytest.approx(value, rel=1e-5), (name, rank, key)
+    # spelled out for the main case
+    r0, r1 = results[0]["3_vs_1"], results[1]["3_vs_1"]
+    assert r0["loss_box_reg"] == pytest.approx(2.0 * 0.5 * 3 / 2)
+    assert r1["loss_box_reg"] == pytest.approx(2.0 * 0.5 * 1 / 2)
+    # 1 vs 0: the worker without positives has zero box/centerness loss and did not hang
+    assert results[1]["1_vs_0"]["loss_box_reg"] == 0.0
+    assert results[1]["1_vs_0"]["loss_centerness"] == 0.0
