@@ -10,15 +10,23 @@ Train and evaluate ATSS with detectron2.
 
 import logging
 import os
+from collections import OrderedDict
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import (
+    DefaultTrainer,
+    default_argument_parser,
+    default_setup,
+    hooks,
+    launch,
+)
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
 
 import atss_d2
 from atss_d2.data import register_coco_dataset
+from atss_d2.modeling import ATSSWithTTA
 from atss_d2.utils import has_compiled_ops
 
 
@@ -31,6 +39,16 @@ class Trainer(DefaultTrainer):
         return COCOEvaluator(
             dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops()
         )
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluate with test-time augmentation (TEST.AUG); results keyed "<dataset>_TTA"."""
+        logging.getLogger("atss_d2").info("Running inference with test-time augmentation ...")
+        model = ATSSWithTTA(cfg, model)
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [cls.build_evaluator(cfg, name, output_folder) for name in cfg.DATASETS.TEST]
+        res = cls.test(cfg, model, evaluators)
+        return OrderedDict({k + "_TTA": v for k, v in res.items()})
 
 
 def setup(args):
@@ -54,12 +72,18 @@ def main(args):
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            res.update(Trainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        trainer.register_hooks(
+            [hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))]
+        )
     return trainer.train()
 
 
