@@ -395,7 +395,8 @@ def test_matches_exhaustive_reference(offset):
     matcher = ATSSMatcher(9)
     total_pos = 0
     for _ in range(100):
-        h, w = rng.randint(8, 80), rng.randint(8, 80)
+        # up to 40 x 40 anchors on the finest level, small images included
+        h, w = rng.randint(8, 160), rng.randint(8, 160)
         shapes = [(math.ceil(h / s), math.ceil(w / s)) for s in (4, 8, 16, 32, 64)]
         anchors = gen([torch.zeros(1, 1, hh, ww) for hh, ww in shapes])
         gts = random_gt(rng.randint(0, 30), float(h), float(w), g)
