@@ -6,9 +6,21 @@ The selection follows mmdetection's ``ATSSAssigner`` and the authors' code bit f
 distance, IoU and statistics formulas), but computes IoUs only for the candidates (at most
 ``topk`` per level and GT) instead of the full anchors x GTs matrix, and processes the GTs in
 chunks, so memory stays bounded with thousands of GTs in one image.
+
+Finding the candidates is the other cost of the references: the full anchors x GTs distance
+matrix and a topk over every column. When a level's anchors form a regular grid (one anchor per
+location, row-major, as detectron2's anchor generator lays them out), the ``topk`` nearest
+centres of a GT lie in a small window of the grid around its centre, so only that window's
+distances are computed. A GT keeps the window's answer only when it is provably the
+reference's: the ``topk + 1`` smallest window distances are strictly increasing (no tie, so
+any topk returns the same indices in the same order) and the ``topk``-th is smaller than a lower
+bound on the distance of every anchor outside the window. Any other GT (ties, centres near or
+beyond the border, ignored anchors in the way) falls back to the full column, computed as
+before, so the assignments are unchanged.
 """
 
-from typing import List, NamedTuple, Optional
+import math
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from detectron2.structures import Boxes
@@ -20,6 +32,9 @@ __all__ = ["ATSSMatcher", "MatchResult", "candidate_ious"]
 _IOU_EPS = 1e-6
 # Anchor centres must be inside the GT by more than this (in pixels) on every side.
 _INSIDE_EPS = 0.01
+# Levels with fewer anchors than this many windows' worth get the full distance matrix: it is
+# cheap there, and small grids would send many GTs to the fallback anyway.
+_MIN_WINDOWS_PER_LEVEL = 16
 
 
 class MatchResult(NamedTuple):
@@ -150,12 +165,13 @@ class ATSSMatcher:
 
         anchor_ctr = _centers(anchors)  # (A, 2)
         level_sizes = [len(t) for t in level_tensors]
+        grids = self._level_grids(anchor_ctr, level_sizes)
         # Best (priority-adjusted) IoU of each anchor over the GTs it is positive for so far.
         best = anchors.new_full((num_anchors,), float("-inf"))
         for start in range(0, num_gt, self.gt_chunk_size):
             chunk = gt[start : start + self.gt_chunk_size]  # (Gc, 4)
             cand, cand_iou, positive, thr = self._select(
-                chunk, anchors, anchor_ctr, level_sizes, ignored
+                chunk, anchors, anchor_ctr, level_sizes, grids, ignored
             )
             thresholds[start : start + len(chunk)] = thr
             score = cand_iou.clone()
@@ -172,7 +188,7 @@ class ATSSMatcher:
             matches[ignored & (matches < 0)] = self.IGNORE
         return MatchResult(matches, thresholds)
 
-    def _select(self, chunk, anchors, anchor_ctr, level_sizes, ignored):
+    def _select(self, chunk, anchors, anchor_ctr, level_sizes, grids, ignored):
         """
         Candidates of a chunk of GTs and their positive mask.
 
@@ -183,15 +199,15 @@ class ATSSMatcher:
         gt_ctr = _centers(chunk)  # (Gc, 2)
         candidates = []
         start = 0
-        for size in level_sizes:
+        for size, grid in zip(level_sizes, grids):
             if size > 0:
                 ctr = anchor_ctr[start : start + size]
-                # Same formula as the references, so distance ties break identically.
-                dist = (ctr[:, None, :] - gt_ctr[None, :, :]).pow(2).sum(-1).sqrt()  # (A_l, Gc)
-                if ignored is not None:
-                    dist[ignored[start : start + size]] = float("inf")
+                ign = ignored[start : start + size] if ignored is not None else None
                 k = min(self.topk, size)
-                _, idx = dist.topk(k, dim=0, largest=False)  # (k, Gc)
+                if grid is None:
+                    idx = _nearest_full(ctr, gt_ctr, k, ign)
+                else:
+                    idx = self._nearest_windowed(ctr, gt_ctr, k, ign, grid)
                 candidates.append(idx + start)
             start += size
         cand = torch.cat(candidates, dim=0)  # (C, Gc)
@@ -214,6 +230,82 @@ class ATSSMatcher:
             > _INSIDE_EPS
         )
         return cand, cand_iou, positive & inside, thr
+
+    def _level_grids(self, anchor_ctr: Tensor, level_sizes: List[int]) -> List[Optional[tuple]]:
+        """Per level, the regular grid its anchor centres lie on (see :func:`_regular_grid`),
+        or None where the windowed search does not apply or would not pay."""
+        grids, start = [], 0
+        window = (2 * self._window_radius() + 1) ** 2
+        for size in level_sizes:
+            ctr = anchor_ctr[start : start + size]
+            start += size
+            grids.append(_regular_grid(ctr) if size >= _MIN_WINDOWS_PER_LEVEL * window else None)
+        return grids
+
+    def _window_radius(self) -> int:
+        """Half-width r of the (2r+1) x (2r+1) window that holds a point's ``topk`` nearest grid
+        points wherever it lies inside the grid: the (2m+1)^2 >= topk points around its nearest
+        grid point are within (m + 1/2) * sqrt(2) strides, anything outside the window is at
+        least r + 1/2 strides away (r = 2 for topk = 9)."""
+        m = math.ceil((math.sqrt(self.topk) - 1) / 2)
+        return math.floor((m + 0.5) * math.sqrt(2) - 0.5) + 1
+
+    def _nearest_windowed(
+        self, ctr: Tensor, gt_ctr: Tensor, k: int, ignored: Optional[Tensor], grid: tuple
+    ) -> Tensor:
+        """
+        Like :func:`_nearest_full`, from the distances in a window of the grid around each GT
+        centre; GTs whose window answer is not certain fall back to :func:`_nearest_full`.
+
+        Args:
+            ctr: (A_l, 2) anchor centres of the level, on ``grid``; gt_ctr: (Gc, 2);
+            ignored: bool (A_l,) or None.
+
+        Returns:
+            LongTensor (k, Gc): anchor indices within the level, nearest first.
+        """
+        x0, y0, sx, sy, width, height, deviation = grid
+        r = self._window_radius()
+        nx, ny = min(2 * r + 1, width), min(2 * r + 1, height)
+        num_gt = gt_ctr.shape[0]
+        ctr64 = gt_ctr.double()
+        # Window origin: r cells before the nearest grid point, moved inside the grid.
+        gx = torch.nan_to_num((ctr64[:, 0] - x0) / sx).round().clamp(0, width - 1).long()
+        gy = torch.nan_to_num((ctr64[:, 1] - y0) / sy).round().clamp(0, height - 1).long()
+        lox = (gx - r).clamp(min=0, max=width - nx)  # (Gc,)
+        loy = (gy - r).clamp(min=0, max=height - ny)
+        cols = lox[:, None] + torch.arange(nx, device=ctr.device)  # (Gc, nx)
+        rows = loy[:, None] + torch.arange(ny, device=ctr.device)  # (Gc, ny)
+        window = (rows[:, :, None] * width + cols[:, None, :]).reshape(num_gt, ny * nx)
+        # Same formula as the full matrix, element for element.
+        dist = (ctr[window] - gt_ctr[:, None, :]).pow(2).sum(-1).sqrt()  # (Gc, n)
+        if ignored is not None:
+            dist[ignored[window]] = float("inf")
+        kk = min(k + 1, window.shape[1])
+        values, pos = dist.topk(kk, dim=1, largest=False)  # (Gc, kk), ascending
+        kth = values[:, k - 1]
+        certain = torch.isfinite(kth)
+        if kk > 1:
+            certain &= (values[:, 1:] > values[:, :-1]).all(dim=1)
+        # Lower bound on the distance of anchors outside the window: the gap, along x or y, to
+        # the nearest grid line beyond the window on each side that has anchors.
+        inf = torch.full_like(ctr64[:, 0], float("inf"))
+        fx, fy = lox.double(), loy.double()
+        gaps = (
+            torch.where(lox > 0, ctr64[:, 0] - (x0 + (fx - 1) * sx), inf),
+            torch.where(lox + nx < width, (x0 + (fx + nx) * sx) - ctr64[:, 0], inf),
+            torch.where(loy > 0, ctr64[:, 1] - (y0 + (fy - 1) * sy), inf),
+            torch.where(loy + ny < height, (y0 + (fy + ny) * sy) - ctr64[:, 1], inf),
+        )
+        bound = torch.stack(gaps, dim=1).min(dim=1).values  # (Gc,)
+        # Margin for the anchors' distance from the ideal grid and float32 rounding.
+        margin = 2 * deviation + 1e-3 * min(sx, sy) + 1e-5 * kth.double().abs()
+        certain &= kth.double() < bound - margin
+        idx = window.gather(1, pos[:, :k]).t().contiguous()  # (k, Gc)
+        uncertain = (~certain).nonzero().squeeze(1)
+        if uncertain.numel() > 0:
+            idx[:, uncertain] = _nearest_full(ctr, gt_ctr[uncertain], k, ignored)
+        return idx
 
     @staticmethod
     def _update_best(matches, best, cand, score, positive, gt_offset):
@@ -248,6 +340,60 @@ class ATSSMatcher:
             iof = wh[..., 0] * wh[..., 1] / area[:, None]
             result |= (iof > self.ignore_iof_thresh).any(dim=1)
         return result
+
+
+def _nearest_full(ctr: Tensor, gt_ctr: Tensor, k: int, ignored: Optional[Tensor]) -> Tensor:
+    """
+    The ``k`` anchors of a level whose centres are closest to each GT centre, from the full
+    distance matrix, as both references compute it.
+
+    Args:
+        ctr: (A_l, 2) anchor centres; gt_ctr: (Gc, 2); ignored: bool (A_l,) or None (those
+            anchors are never candidates unless fewer than ``k`` others exist).
+
+    Returns:
+        LongTensor (k, Gc): anchor indices within the level, nearest first.
+    """
+    # Same formula as the references, so distance ties break identically.
+    dist = (ctr[:, None, :] - gt_ctr[None, :, :]).pow(2).sum(-1).sqrt()  # (A_l, Gc)
+    if ignored is not None:
+        dist[ignored] = float("inf")
+    return dist.topk(k, dim=0, largest=False).indices  # (k, Gc)
+
+
+def _regular_grid(ctr: Tensor) -> Optional[Tuple[float, float, float, float, int, int, float]]:
+    """
+    If the centres (A_l, 2) lie, in row-major order (x fastest), on a regular grid
+    ``(x0 + i * sx, y0 + j * sy)`` up to 1% of a stride, returns
+    ``(x0, y0, sx, sy, width, height, max_deviation)``; otherwise None.
+    """
+    n = ctr.shape[0]
+    if n < 2 or not ctr.dtype.is_floating_point:
+        return None
+    c = ctr.double()
+    # Row width = index of the first centre on another row; one device-to-host copy.
+    new_row = c[:, 1] != c[0, 1]
+    width_t = torch.where(new_row.any(), new_row.int().argmax(), n)
+    probe = torch.stack(
+        [width_t.double(), c[0, 0], c[0, 1], c[1, 0], c[width_t.clamp(max=n - 1), 1]]
+    )
+    width_f, x0, y0, x1, y1 = probe.tolist()
+    width = int(width_f)
+    if width == 0 or n % width:
+        return None
+    height = n // width
+    sx = x1 - x0 if width > 1 else 1.0
+    sy = y1 - y0 if height > 1 else 1.0
+    if not (sx > 0 and sy > 0 and math.isfinite(sx) and math.isfinite(sy)):
+        return None
+    i = torch.arange(n, device=ctr.device, dtype=torch.float64)
+    ideal = torch.stack(
+        [x0 + (i % width) * sx, y0 + torch.div(i, width, rounding_mode="floor") * sy], dim=1
+    )
+    deviation = float((c - ideal).abs().max())
+    if not deviation <= 0.01 * min(sx, sy):  # also rejects NaN
+        return None
+    return x0, y0, sx, sy, width, height, deviation
 
 
 def _as_tensor(boxes) -> Tensor:
