@@ -1,0 +1,152 @@
+"""
+Helpers shared by ``tools/benchmark.py`` and ``tools/benchmark_matcher.py``: timing and peak
+memory. Imports only the standard library and torch, so that the mmdetection worker of
+``benchmark_matcher.py`` can use it from another virtual environment.
+"""
+
+import ctypes
+import gc
+import os
+import platform
+import statistics
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+__all__ = ["PeakMemory", "machine_info", "sync", "time_call"]
+
+
+def sync(device: str) -> None:
+    """Wait for queued kernels, so that wall-clock timings mean something on CUDA."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], object], device: str, iters: int, warmup: int) -> List[float]:
+    """Run ``fn`` ``warmup`` times untimed, then ``iters`` times; returns the seconds of each
+    timed run."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(values: List[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("VmHWM missing from /proc/self/status")
+
+
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc), so that RSS reflects live memory."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """
+    Extra memory used by the code inside the ``with`` block, in bytes (``.extra``).
+
+    CUDA: ``torch.cuda.max_memory_allocated()`` minus what was allocated on entry (tensors only,
+    not the caching allocator's reserve). CPU: peak resident set size minus the RSS on entry.
+    The peak is Linux's VmHWM after resetting it with ``/proc/self/clear_refs`` (exact); where
+    that is not allowed, a thread samples the RSS every millisecond (may miss short peaks).
+    Python's ``tracemalloc`` does not see torch's allocations, so it is not used.
+    """
+
+    def __init__(self, device: str):
+        self.device = device
+        self.extra: Optional[int] = None
+        self.method = ""
+        self._base = 0
+        self._stop = threading.Event()
+        self._sampler: Optional[threading.Thread] = None
+        self._sampled_peak = 0
+
+    def __enter__(self):
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            self.method = "torch.cuda.max_memory_allocated"
+            return self
+        _malloc_trim()
+        self._base = _rss_bytes()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+            self.method = "peak RSS (VmHWM after clear_refs)"
+        except OSError:
+            self.method = "peak RSS (sampled every 1 ms)"
+            self._sampled_peak = self._base
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self._sampled_peak = max(self._sampled_peak, _rss_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.extra = torch.cuda.max_memory_allocated() - self._base
+        elif self._sampler is not None:
+            self._stop.set()
+            self._sampler.join()
+            self.extra = max(self._sampled_peak, _rss_bytes()) - self._base
+        else:
+            self.extra = _hwm_bytes() - self._base
+        return False
+
+
+def machine_info(device: str) -> Dict[str, object]:
+    """What the numbers were measured on."""
+    info: Dict[str, object] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
