@@ -1,7 +1,8 @@
 """atss_d2: ATSS (Adaptive Training Sample Selection, CVPR 2020) for detectron2.
 
 ``import atss_d2`` registers the ``ATSS`` meta-architecture and the
-``build_atss_resnet_fpn_backbone`` backbone with detectron2's registries.
+``build_atss_resnet_fpn_backbone`` backbone with detectron2's registries, and the built-in
+``shapes_train`` / ``shapes_val`` datasets (drawn on first use).
 """
 from .config import add_atss_config
 from .modeling import (  # noqa: F401  (registration)
@@ -12,6 +13,7 @@ from .modeling import (  # noqa: F401  (registration)
     ATSSPointCoder,
     build_atss_resnet_fpn_backbone,
 )
+from . import data  # noqa: F401  (registration: shapes_train, shapes_val)
 
 __version__ = "0.1.0"
 __all__ = ["add_atss_config", "ATSS", "ATSSHead", "ATSSMatcher", "ATSSBoxCoder", "ATSSPointCoder",
