@@ -5,6 +5,7 @@ GTs under 2 px, GTs touching the border and images smaller than the coarsest str
 """
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -172,3 +173,32 @@ def test_variants(extra):
     losses, scalars = train_step(m, batch)
     assert losses["loss_box_reg"] > 0
     assert scalars["atss/num_pos_per_image"] > 0
+
+
+def test_labels_and_statistics_by_hand(model):
+    # A 64 x 64 image whose GT is the whole image, i.e. exactly the 64 px P3 anchor centred at
+    # (32, 32) (anchors centred at stride * i). Feature maps: P3 8x8, P4 4x4, P5 2x2, P6, P7 1x1.
+    # Candidates and IoUs by hand:
+    #   P3 (64 px): the centre anchor 1; its 4 edge neighbours 56*64/4608; 4 diagonal 56*56/5056
+    #   P4 (128 px): the 9 nearest all contain the GT: 4096/16384 each
+    #   P5 (256 px): all 4 contain it: 4096/65536; P6: 4096/512^2; P7: 4096/1024^2
+    ious = (
+        [1.0] + [3584 / 4608] * 4 + [3136 / 5056] * 4
+        + [0.25] * 9 + [1 / 16] * 4 + [1 / 64] + [1 / 256]
+    )  # fmt: skip
+    thr = statistics.mean(ious) + statistics.stdev(ious)
+    assert 3136 / 5056 < thr < 3584 / 4608  # -> the centre anchor and its 4 edge neighbours
+    batch = [sample(64, 64, [[0, 0, 64, 64]], classes=[2], seed=16)]
+    _, scalars = train_step(model, batch)
+    assert scalars["atss/num_pos_per_image"] == 5
+    assert scalars["atss/iou_threshold_mean"] == pytest.approx(thr, abs=1e-5)
+
+    anchors = model.anchor_generator([torch.zeros(1, 1, s, s) for s in (8, 4, 2, 1, 1)])
+    labels, matched = model.label_anchors(anchors, [batch[0]["instances"]])
+    labels = labels[0].tolist()
+    # P3 anchors are row-major: index 8 * row + col, centre (8 * col, 8 * row)
+    positives = {8 * 4 + 4, 8 * 4 + 3, 8 * 4 + 5, 8 * 3 + 4, 8 * 5 + 4}
+    assert {i for i, c in enumerate(labels) if c != NUM_CLASSES} == positives
+    assert all(labels[i] == 2 for i in positives)
+    for i in positives:
+        assert matched[0][i].tolist() == [0.0, 0.0, 64.0, 64.0]
