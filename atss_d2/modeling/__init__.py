@@ -1,20 +1,28 @@
+from .anchor_generator import ATSSLegacyAnchorGenerator
 from .atss import ATSS
 from .backbone import LastLevelP6P7FromP5, build_atss_resnet_fpn_backbone
 from .box_coder import ATSSBoxCoder, ATSSPointCoder
+from .deform import DeformBottleneckBlock, DeformConv, DeformConvWithOffset
 from .head import ATSSHead, Scale
 from .matcher import ATSSMatcher, MatchResult
+from .resnet import build_atss_resnet_backbone
 from .tta import ATSSWithTTA, merge_detections
 
 __all__ = [
     "ATSS",
     "ATSSBoxCoder",
     "ATSSHead",
+    "ATSSLegacyAnchorGenerator",
     "ATSSMatcher",
     "ATSSPointCoder",
     "ATSSWithTTA",
+    "DeformBottleneckBlock",
+    "DeformConv",
+    "DeformConvWithOffset",
     "LastLevelP6P7FromP5",
     "MatchResult",
     "Scale",
+    "build_atss_resnet_backbone",
     "build_atss_resnet_fpn_backbone",
     "merge_detections",
 ]

@@ -4,8 +4,9 @@ import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN
-from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
+
+from .resnet import build_atss_resnet_backbone
 
 __all__ = ["LastLevelP6P7FromP5", "build_atss_resnet_fpn_backbone"]
 
@@ -42,9 +43,10 @@ def build_atss_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     """
     ResNet (``MODEL.RESNETS``) + FPN (``MODEL.FPN``) giving p3..p7; P6/P7 from
     ``MODEL.ATSS.FPN.TOP_BLOCK_IN_FEATURE`` ("p5" by default), ReLU before P7 per
-    ``MODEL.ATSS.FPN.P7_RELU``.
+    ``MODEL.ATSS.FPN.P7_RELU``. Deformable stages (``MODEL.RESNETS.DEFORM_ON_PER_STAGE``) run on
+    torchvision's ``deform_conv2d`` (see :func:`build_atss_resnet_backbone`).
     """
-    bottom_up = build_resnet_backbone(cfg, input_shape)
+    bottom_up = build_atss_resnet_backbone(cfg, input_shape)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     in_feature = cfg.MODEL.ATSS.FPN.TOP_BLOCK_IN_FEATURE
     if in_feature == "p5":
