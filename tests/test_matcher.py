@@ -295,7 +295,7 @@ def test_chunking_does_not_change_result():
     feats = [torch.zeros(1, 1, 12, 16), torch.zeros(1, 1, 6, 8), torch.zeros(1, 1, 3, 4)]
     anchors = gen(feats)
     g = torch.Generator().manual_seed(0)
-    for _ in range(8):
+    for _ in range(6):
         n = int(torch.randint(1, 40, (1,), generator=g))
         gts = random_gt(n, 96.0, 128.0, g)
         one = ATSSMatcher(9, gt_chunk_size=1).match(anchors, gts)
@@ -333,31 +333,42 @@ def random_gt(n: int, height: float, width: float, g: torch.Generator) -> Boxes:
     return Boxes(torch.stack([x1, y1, x2, y2], dim=1))
 
 
-def reference_assign(anchors_per_level: List[Boxes], gt: Boxes, topk: int) -> torch.Tensor:
-    """The paper's algorithm with full anchors x GTs matrices (as mmdetection computes it)."""
+def _intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, 4), (M, 4) -> (N, M) intersection areas."""
+    iw = torch.min(a[:, None, 2], b[None, :, 2]) - torch.max(a[:, None, 0], b[None, :, 0])
+    ih = torch.min(a[:, None, 3], b[None, :, 3]) - torch.max(a[:, None, 1], b[None, :, 1])
+    return iw.clamp(min=0) * ih.clamp(min=0)
+
+
+def reference_assign(
+    anchors_per_level: List[Boxes], gt: Boxes, topk: int, ignore=None, iof_thresh=0.5
+) -> torch.Tensor:
+    """
+    The paper's algorithm with full anchors x GTs matrices (as mmdetection computes it).
+    With ``ignore`` (Boxes): anchors covered by an ignore box over more than ``iof_thresh`` of
+    their area are never candidates and are labelled -2 unless positive.
+    """
     levels = [a.tensor for a in anchors_per_level]
     anchors = torch.cat(levels)
     gtt = gt.tensor
     num_a, num_g = len(anchors), len(gtt)
+    ignored = torch.zeros(num_a, dtype=torch.bool)
+    if ignore is not None and len(ignore) > 0:
+        area = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
+        iof = _intersection(anchors, ignore.tensor) / area[:, None]  # (A, I)
+        ignored = (iof > iof_thresh).any(dim=1)
     if num_g == 0 or num_a == 0:
-        return torch.full((num_a,), -1, dtype=torch.long)
+        return torch.where(ignored, torch.tensor(-2), torch.tensor(-1))
     # IoU matrix (A, G)
     area_a = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
     area_g = (gtt[:, 2] - gtt[:, 0]) * (gtt[:, 3] - gtt[:, 1])
-    iw = (
-        torch.min(anchors[:, None, 2], gtt[None, :, 2])
-        - torch.max(anchors[:, None, 0], gtt[None, :, 0])
-    ).clamp(min=0)
-    ih = (
-        torch.min(anchors[:, None, 3], gtt[None, :, 3])
-        - torch.max(anchors[:, None, 1], gtt[None, :, 1])
-    ).clamp(min=0)
-    inter = iw * ih
+    inter = _intersection(anchors, gtt)
     ious = inter / (area_a[:, None] + area_g[None, :] - inter)
     # Distance matrix (A, G) between centres
     acx, acy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
     gcx, gcy = (gtt[:, 0] + gtt[:, 2]) / 2, (gtt[:, 1] + gtt[:, 3]) / 2
     dist = torch.sqrt((acx[:, None] - gcx[None]) ** 2 + (acy[:, None] - gcy[None]) ** 2)
+    dist[ignored] = math.inf
 
     # Candidates: per level, the topk nearest centres of each GT (columns).
     is_cand = torch.zeros(num_a, num_g, dtype=torch.bool)
@@ -379,7 +390,8 @@ def reference_assign(anchors_per_level: List[Boxes], gt: Boxes, topk: int) -> to
     best = positive_iou.max(dim=1).values
     # highest IoU; on an exact tie the first (lowest) GT index, as argmax documents
     first_best = (positive_iou == best[:, None]).int().argmax(dim=1)
-    return torch.where(best > -math.inf, first_best, torch.tensor(-1))
+    background = torch.where(ignored, torch.tensor(-2), torch.tensor(-1))
+    return torch.where(best > -math.inf, first_best, background)
 
 
 @pytest.mark.parametrize("offset", [0.0, 0.5])
@@ -405,6 +417,45 @@ def test_matches_exhaustive_reference(offset):
         assert got.tolist() == expected.tolist(), (h, w, gts.tensor)
         total_pos += int((expected >= 0).sum())
     assert total_pos > 500  # the cases exercise positives, not just background
+
+
+def test_ignore_boxes_match_exhaustive_reference():
+    gen = DefaultAnchorGenerator(
+        sizes=[[32], [64], [128], [256], [512]],
+        aspect_ratios=[[1.0]],
+        strides=[4, 8, 16, 32, 64],
+        offset=0.0,
+    )
+    rng = random.Random(99)
+    g = torch.Generator().manual_seed(99)
+    matcher = ATSSMatcher(9)
+    total_ignored = 0
+    for _ in range(40):
+        # at least 16 x 16 anchors on the finest level and small ignore boxes, so that every
+        # level keeps 9 non-ignored anchors (no ambiguity among ignored ones at infinity)
+        h, w = rng.randint(64, 160), rng.randint(64, 160)
+        shapes = [(math.ceil(h / s), math.ceil(w / s)) for s in (4, 8, 16, 32, 64)]
+        anchors = gen([torch.zeros(1, 1, hh, ww) for hh, ww in shapes])
+        gts = random_gt(rng.randint(0, 20), float(h), float(w), g)
+        ig = torch.rand(rng.randint(1, 3), 4, generator=g)
+        xy = ig[:, :2] * torch.tensor([w - 40.0, h - 40.0])
+        ignore = Boxes(torch.cat([xy, xy + 10 + ig[:, 2:] * 30], dim=1))
+        expected = reference_assign(anchors, gts, 9, ignore=ignore)
+        got = matcher(anchors, gts, ignore_boxes=ignore)
+        assert got.tolist() == expected.tolist(), (h, w, gts.tensor, ignore.tensor)
+        total_ignored += int((expected == IGNORE).sum())
+    assert total_ignored > 50
+
+
+def test_many_gts_match_exhaustive_reference():
+    gen = DefaultAnchorGenerator(
+        sizes=[[32], [64], [128]], aspect_ratios=[[1.0]], strides=[4, 8, 16], offset=0.5
+    )
+    anchors = gen([torch.zeros(1, 1, 32, 40), torch.zeros(1, 1, 16, 20), torch.zeros(1, 1, 8, 10)])
+    gts = random_gt(1500, 128.0, 160.0, torch.Generator().manual_seed(7))
+    expected = reference_assign(anchors, gts, 9)
+    for chunk in (256, 1000):
+        assert ATSSMatcher(9, gt_chunk_size=chunk)(anchors, gts).tolist() == expected.tolist()
 
 
 def test_reference_is_sane():
