@@ -23,7 +23,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "ruff", "black", "isort"],
+        # onnx/onnxruntime: tests/test_export.py checks ONNX export against PyTorch.
+        "dev": ["pytest", "ruff", "black", "isort", "onnx", "onnxruntime"],
         "export": ["onnx", "onnxruntime"],
     },
 )
