@@ -1,0 +1,22 @@
+"""Training glue: the trainer, crash-safe checkpointing and config checks used by train_net.py."""
+
+from .checkpoint import AtomicCheckpointer, AtomicSaveMixin
+from .config import (
+    ConfigError,
+    check_num_classes,
+    merge_config_file,
+    merge_config_opts,
+    validate_config,
+)
+from .trainer import ATSSTrainer
+
+__all__ = [
+    "ATSSTrainer",
+    "AtomicCheckpointer",
+    "AtomicSaveMixin",
+    "ConfigError",
+    "check_num_classes",
+    "merge_config_file",
+    "merge_config_opts",
+    "validate_config",
+]

@@ -1,0 +1,215 @@
+"""
+Loading and checking a training config, with errors that name the key and the file.
+
+yacs already refuses unknown keys and values of the wrong type while merging, but its messages
+name neither the file (with ``_BASE_`` chains, several files are merged at once) nor a likely
+correct key. :func:`merge_config_file` and :func:`merge_config_opts` re-raise them as
+:class:`ConfigError` saying which file or command-line option sets the key, with close matches.
+:func:`validate_config` checks what yacs cannot: that the datasets exist and that
+``MODEL.ATSS.NUM_CLASSES`` matches their ``thing_classes``.
+"""
+
+import difflib
+import logging
+import os
+import re
+from typing import Any, Iterable, List, Optional, Tuple
+
+import yaml
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+__all__ = [
+    "ConfigError",
+    "check_num_classes",
+    "merge_config_file",
+    "merge_config_opts",
+    "validate_config",
+]
+
+logger = logging.getLogger(__name__)
+
+_UNKNOWN_KEY = re.compile(r"Non-existent config key: (\S+)")
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \((.*) vs\. (.*)\) with values \((.*) vs\. (.*)\) for config key: (\S+)",
+    re.S,
+)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and where it was set."""
+
+
+def _all_keys(cfg: CfgNode, prefix: str = "") -> List[str]:
+    keys = []
+    for k, v in cfg.items():
+        full = prefix + k
+        keys.extend(_all_keys(v, full + ".") if isinstance(v, CfgNode) else [full])
+    return keys
+
+
+def _suggest(cfg: CfgNode, key: str) -> str:
+    keys = _all_keys(cfg)
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    if not close:  # a misspelt last component under the right parent
+        parent, _, leaf = key.rpartition(".")
+        siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
+        close = [f"{parent}.{s}" for s in difflib.get_close_matches(leaf, siblings, n=3)]
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _lookup(tree: Any, key: str) -> Tuple[bool, Any]:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False, None
+        tree = tree[part]
+    return True, tree
+
+
+def _config_chain(path: str) -> List[Tuple[str, dict]]:
+    """(file, parsed yaml) of ``path`` and its ``_BASE_`` files, the deepest base first."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError):
+        return [(path, {})]
+    if not isinstance(data, dict):
+        return [(path, {})]
+    chain = []
+    base = data.get("_BASE_")
+    if isinstance(base, str):
+        base = os.path.expanduser(base)
+        if not (os.path.isabs(base) or "://" in base):
+            base = os.path.join(os.path.dirname(path), base)
+        chain.extend(_config_chain(base))
+    chain.append((path, data))
+    return chain
+
+
+def _file_setting(path: str, key: str) -> str:
+    """The file of ``path``'s ``_BASE_`` chain whose value of ``key`` is the one merged."""
+    for file, data in reversed(_config_chain(path)):
+        if _lookup(data, key)[0]:
+            return file
+    return path
+
+
+def _explain(cfg: CfgNode, error: Exception, where) -> Optional[str]:
+    """A clear message for a yacs merge error, or None if it is not one we recognise.
+    ``where(key)`` names the place that sets ``key``."""
+    text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    m = _UNKNOWN_KEY.search(text)
+    if m:
+        key = m.group(1)
+        return f"{where(key)}: unknown config key {key}{_suggest(cfg, key)}"
+    m = _TYPE_MISMATCH.search(text)
+    if m:
+        expected, got, default, value, key = m.groups()
+        return (
+            f"{where(key)}: config key {key} has the wrong type: expected {expected} "
+            f"(default {default}), got {got} ({value})"
+        )
+    if "renamed" in text or "deprecated" in text:
+        return f"{where('')}: {text}"
+    return None
+
+
+def merge_config_file(cfg: CfgNode, path: str) -> CfgNode:
+    """
+    ``cfg.merge_from_file(path)`` (``_BASE_`` chains included), raising :class:`ConfigError`
+    that names the file and the key for a missing or unparsable file, an unknown key or a
+    value of the wrong type.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file not found: {path}")
+    try:
+        cfg.merge_from_file(path)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} (or one of its _BASE_ files) is not valid YAML: {e}") from e
+    except OSError as e:  # a missing _BASE_ file
+        raise ConfigError(f"{path}: cannot read a config file it includes: {e}") from e
+    except (KeyError, ValueError, AssertionError) as e:
+        message = _explain(cfg, e, lambda key: _file_setting(path, key) if key else path)
+        if message is None:
+            raise ConfigError(f"{path}: {e}") from e
+        raise ConfigError(message) from e
+    return cfg
+
+
+def merge_config_opts(cfg: CfgNode, opts: List[str]) -> CfgNode:
+    """``cfg.merge_from_list(opts)`` (``KEY VALUE`` pairs from the command line), raising
+    :class:`ConfigError` that names the option for an unknown key or a wrong type."""
+    if len(opts) % 2:
+        raise ConfigError(
+            f"Command-line config options must be KEY VALUE pairs; got an odd number: {opts}"
+        )
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, AssertionError) as e:
+        message = _explain(cfg, e, lambda key: f"command-line option {key or ''}".rstrip())
+        if message is None:
+            raise ConfigError(f"command-line options {opts}: {e}") from e
+        raise ConfigError(message) from e
+    return cfg
+
+
+def _check_datasets_registered(names: Iterable[str], key: str) -> None:
+    registered = DatasetCatalog.list()
+    for name in names:
+        if name not in registered:
+            close = difflib.get_close_matches(name, registered, n=3)
+            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(
+                f"{key} names dataset {name!r}, which is not registered.{hint} Register a "
+                "COCO-format dataset with train_net.py --coco-dataset NAME JSON IMAGE_DIR "
+                "(or atss_d2.data.register_coco_dataset)."
+            )
+
+
+def check_num_classes(cfg: CfgNode, dataset_names: Iterable[str]) -> List[str]:
+    """
+    Raise :class:`ConfigError` if ``MODEL.ATSS.NUM_CLASSES`` differs from the number of
+    ``thing_classes`` in the metadata of one of ``dataset_names``.
+
+    Returns:
+        the names whose metadata has no ``thing_classes`` yet (COCO json datasets get them
+        when first loaded), which could not be checked.
+    """
+    num_classes = cfg.MODEL.ATSS.NUM_CLASSES
+    unchecked = []
+    for name in dataset_names:
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is None:
+            unchecked.append(name)
+            continue
+        if len(classes) != num_classes:
+            shown = ", ".join(map(str, classes[:8])) + (", ..." if len(classes) > 8 else "")
+            raise ConfigError(
+                f"MODEL.ATSS.NUM_CLASSES is {num_classes}, but dataset {name!r} has "
+                f"{len(classes)} classes ({shown}); set MODEL.ATSS.NUM_CLASSES {len(classes)}"
+            )
+    return unchecked
+
+
+def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
+    """
+    Check, before anything is built, what would otherwise fail late or silently: the datasets
+    of ``DATASETS.TRAIN`` (if ``train``) and ``DATASETS.TEST`` are registered, their classes
+    match ``MODEL.ATSS.NUM_CLASSES`` (where the metadata already lists them; the trainer checks
+    the rest once the datasets are loaded), and the solver's periods are positive.
+
+    Raises:
+        ConfigError: naming the key and the problem.
+    """
+    if train:
+        if not cfg.DATASETS.TRAIN:
+            raise ConfigError("DATASETS.TRAIN is empty; name at least one training dataset")
+        _check_datasets_registered(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+        for key in ("MAX_ITER", "CHECKPOINT_PERIOD", "IMS_PER_BATCH"):
+            if cfg.SOLVER[key] <= 0:
+                raise ConfigError(f"SOLVER.{key} must be positive, got {cfg.SOLVER[key]}")
+    _check_datasets_registered(cfg.DATASETS.TEST, "DATASETS.TEST")
+    names = (list(cfg.DATASETS.TRAIN) if train else []) + list(cfg.DATASETS.TEST)
+    unchecked = check_num_classes(cfg, names)
+    if unchecked:
+        logger.info(f"Classes of {unchecked} will be checked once the datasets are loaded")
