@@ -489,20 +489,41 @@ def test_mmdet_converted_model_computes_like_mmdetection():
     )
 
 
-@pytest.mark.parametrize("dcn", [False, True], ids=["R_50", "dcnv2_R_50"])
-def test_authors_converted_model_computes_like_the_original(tmp_path, capsys, dcn):
-    arch = replace(TINY_ARCH, dcn_stages=(3, 4, 5), tower_dcn=True) if dcn else TINY_ARCH
+AUTHORS_CASES = {
+    # MSRA ResNet: stride in the 1x1 conv.
+    "R_50": (TINY_ARCH, "configs/Original/atss_R_50_FPN_1x.yaml", [], True),
+    # DCNv2 in res3-res5 (after a strided 1x1) and in the towers.
+    "dcnv2_R_50": (
+        replace(TINY_ARCH, dcn_stages=(3, 4, 5), tower_dcn=True),
+        "configs/Original/atss_dcnv2_R_50_FPN_1x.yaml",
+        [],
+        True,
+    ),
+    # ResNeXt: grouped DCNv2 in res4-res5 with the stride in the deformable 3x3.
+    "dcnv2_X_50_2x4d": (
+        replace(TINY_ARCH, groups=2, width=4, dcn_stages=(4, 5), tower_dcn=True),
+        "configs/Original/atss_dcnv2_X_101_64x4d_FPN_2x_ms.yaml",
+        ["MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.NUM_GROUPS", "2"]
+        + ["MODEL.RESNETS.WIDTH_PER_GROUP", "4"],
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AUTHORS_CASES))
+def test_authors_converted_model_computes_like_the_original(tmp_path, capsys, case):
+    arch, config, extra_opts, stride_in_1x1 = AUTHORS_CASES[case]
+    opts = TINY + extra_opts
     checkpoint = atss_source(Fake(1), arch)
     src_path, out_path = str(tmp_path / "ATSS.pth"), str(tmp_path / "converted.pth")
     torch.save(checkpoint, src_path)
-    config = f"configs/Original/atss_{'dcnv2_' if dcn else ''}R_50_FPN_1x.yaml"
     tool = load_tool()
-    assert tool.main(["--source", "atss", src_path, out_path, "--config-file", config, *TINY]) == 0
+    assert tool.main(["--source", "atss", src_path, out_path, "--config-file", config, *opts]) == 0
     printed = capsys.readouterr().out
     assert "conversion OK" in printed and "anchors equal the config's" in printed
     assert "var - 1e-5" in printed and "iteration" in printed  # value fix-up and left-out state
 
-    model = build(config, TINY)
+    model = build(config, opts)
     extra = SafeDetectionCheckpointer(model).load(out_path)
     assert extra["__author__"].startswith("ATSS authors")
     saved = safe_torch_load(out_path)["model"]
@@ -511,7 +532,9 @@ def test_authors_converted_model_computes_like_the_original(tmp_path, capsys, dc
     src = {k[len("module.") :]: v for k, v in src.items()}
     check_model_against_reference(
         model,
-        lambda x: ref_resnet(x, src, "backbone.body.", "stem.", frozen_bn_no_eps, True, arch),
+        lambda x: ref_resnet(
+            x, src, "backbone.body.", "stem.", frozen_bn_no_eps, stride_in_1x1, arch
+        ),
         lambda c: ref_atss_fpn(c, src),
         lambda p: ref_atss_head(p, src, tower_dcn=arch.tower_dcn),
     )
@@ -558,6 +581,20 @@ def test_deform_conv_with_offset_matches_naive_sampling():
         assert offset.abs().max() > 1.0  # samples really move, some outside the image
         expected = naive_deform_conv(x, offset, mask, layer.conv.weight, layer.conv.bias, stride=2)
         assert_close(layer(x), expected, f"modulated={modulated}")
+
+
+def test_deform_bottleneck_has_detectron2_parameter_names():
+    # Checkpoints move between this block and detectron2's compiled DeformBottleneckBlock.
+    from detectron2.modeling.backbone.resnet import DeformBottleneckBlock as Detectron2Block
+
+    from atss_d2.modeling import DeformBottleneckBlock
+
+    kwargs = dict(
+        bottleneck_channels=16, stride=2, num_groups=4, norm="FrozenBN", deform_modulated=True
+    )
+    ours = DeformBottleneckBlock(32, 64, **kwargs).state_dict()
+    theirs = Detectron2Block(32, 64, **kwargs).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
 
 
 # ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ tensor filled, shapes equal. Nothing is written otherwise.
 
 import argparse
 import os
+import shlex
 import sys
 
 import torch
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
         if args.source == "torchvision":  # ImageNet weights initialise the ResNet only
             target = {k: s for k, s in target.items() if k.startswith("backbone.bottom_up.")}
         verify_against(converted, report, target)
-        report.notes.append(f"checked against {os.path.relpath(config_file)} {' '.join(opts)}")
+        overrides = " ".join(shlex.quote(o) for o in opts)
+        report.notes.append(f"checked against {os.path.relpath(config_file)} {overrides}")
         anchor_gen = getattr(model, "anchor_generator", None)
         if args.source == "atss" and anchor_gen is not None:
             anchor_notes, anchor_warnings = compare_cell_anchors(state, anchor_gen)
@@ -132,7 +134,7 @@ def main(argv=None) -> int:
     if not args.no_verify:
         usage = "MODEL.WEIGHTS" if args.source == "torchvision" else "--eval-only MODEL.WEIGHTS"
         cfg_arg = os.path.relpath(config_file)
-        extra = " ".join(opts)
+        extra = " ".join(shlex.quote(o) for o in opts)
         print(f"use: python train_net.py --config-file {cfg_arg} {usage} {args.output} {extra}")
     return 0
 

@@ -329,8 +329,18 @@ class ConversionReport:
         return "\n".join(lines)
 
 
+_GROUPED_INDICES = [
+    (re.compile(r"(layer|res)\d\.\d+\."), r"\1*.*."),
+    (re.compile(r"(fpn_inner|fpn_layer|fpn_lateral|fpn_output)\d"), r"\1*"),
+    (re.compile(r"(convs|tower|subnet|scales|cell_anchors)\.\d+"), r"\1.*"),
+]
+
+
 def _pattern(key: str) -> str:
-    return re.sub(r"\d+", "*", key)
+    """Name pattern for the summary table: block, level and tower indices become ``*``."""
+    for regex, replacement in _GROUPED_INDICES:
+        key = regex.sub(replacement, key)
+    return key
 
 
 def _table(rows: Sequence[Sequence[str]]) -> List[str]:
