@@ -10,35 +10,29 @@ Train and evaluate ATSS with detectron2.
 
 import logging
 import os
+import sys
 from collections import OrderedDict
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import (
-    DefaultTrainer,
-    default_argument_parser,
-    default_setup,
-    hooks,
-    launch,
-)
-from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.engine import default_argument_parser, default_setup, hooks, launch
+from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import atss_d2
 from atss_d2.data import register_coco_dataset
+from atss_d2.engine import (
+    ATSSTrainer,
+    ConfigError,
+    merge_config_file,
+    merge_config_opts,
+    validate_config,
+)
 from atss_d2.modeling import ATSSWithTTA
-from atss_d2.utils import has_compiled_ops
 
 
-class Trainer(DefaultTrainer):
-    @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-        # detectron2's fast COCO evaluation is a compiled op; pycocotools gives the same numbers.
-        return COCOEvaluator(
-            dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops()
-        )
+class Trainer(ATSSTrainer):
+    """Robust data, atomic checkpoints, config checks, COCO evaluation: see ATSSTrainer."""
 
     @classmethod
     def test_with_TTA(cls, cfg, model):
@@ -54,8 +48,8 @@ class Trainer(DefaultTrainer):
 def setup(args):
     cfg = get_cfg()
     atss_d2.add_atss_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    merge_config_file(cfg, args.config_file)  # errors name the file and the key
+    merge_config_opts(cfg, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -65,6 +59,7 @@ def main(args):
     for name, json_file, image_root in args.coco_dataset or []:
         register_coco_dataset(name, json_file, image_root)
     cfg = setup(args)
+    validate_config(cfg, train=not args.eval_only)  # datasets, NUM_CLASSES: before building
 
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -104,11 +99,14 @@ if __name__ == "__main__":
     args = get_parser().parse_args()
     logging.getLogger("atss_d2").setLevel(logging.INFO)
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except ConfigError as e:
+        sys.exit(f"train_net.py: config error: {e}")
