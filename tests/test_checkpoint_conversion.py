@@ -597,6 +597,35 @@ def test_deform_bottleneck_has_detectron2_parameter_names():
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dcnv2_model_on_cuda_matches_cpu():
+    # torchvision's CUDA deform_conv2d kernel against its CPU one, through a converted model.
+    config = "configs/Original/atss_dcnv2_R_50_FPN_1x.yaml"
+    arch = replace(TINY_ARCH, dcn_stages=(3, 4, 5), tower_dcn=True)
+    converted, report = convert_state_dict("atss", state_of(atss_source(Fake(5), arch), "atss"))
+    model = build(config, TINY)
+    model.load_state_dict(converted, strict=True)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(6))
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            features = model.backbone(x)
+            cpu = model.head([features[f] for f in model.head_in_features])
+            model.cuda()
+            features = model.backbone(x.cuda())
+            gpu = model.head([features[f] for f in model.head_in_features])
+            anchors = model.anchor_generator([features[f] for f in model.head_in_features])
+            detections = model([{"image": torch.rand(3, 64, 96) * 255, "height": 64, "width": 96}])
+    finally:
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+    for name, ours, refs in zip(("logits", "box regression", "centerness"), gpu, cpu):
+        for level, (o, r) in enumerate(zip(ours, refs)):
+            assert_close(o.cpu(), r, f"{name} P{level + 3}")
+    assert anchors[0].tensor[0].tolist() == [-27.5, -27.5, 35.5, 35.5]
+    assert detections[0]["instances"].pred_boxes.tensor.device.type == "cuda"
+
+
 # ------------------------------------------------------------------------------------------
 # Anchors and box coding of the authors' code
 # ------------------------------------------------------------------------------------------
