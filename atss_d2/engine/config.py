@@ -29,7 +29,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_UNKNOWN_KEY = re.compile(r"Non-existent config key: (\S+)")
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
 _TYPE_MISMATCH = re.compile(
     r"Type mismatch \((.*) vs\. (.*)\) with values \((.*) vs\. (.*)\) for config key: (\S+)",
     re.S,
@@ -49,12 +49,14 @@ def _all_keys(cfg: CfgNode, prefix: str = "") -> List[str]:
 
 
 def _suggest(cfg: CfgNode, key: str) -> str:
+    """ "; did you mean ...?" with the closest existing keys: a sibling first (a misspelt last
+    component), else any key (a misspelt parent)."""
     keys = _all_keys(cfg)
-    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
-    if not close:  # a misspelt last component under the right parent
-        parent, _, leaf = key.rpartition(".")
-        siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
-        close = [f"{parent}.{s}" for s in difflib.get_close_matches(leaf, siblings, n=3)]
+    parent, _, leaf = key.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
+    close = [f"{parent}.{s}" if parent else s for s in difflib.get_close_matches(leaf, siblings, 2)]
+    if not close:
+        close = difflib.get_close_matches(key, keys, n=2, cutoff=0.8)
     return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
@@ -146,7 +148,7 @@ def merge_config_opts(cfg: CfgNode, opts: List[str]) -> CfgNode:
     try:
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError) as e:
-        message = _explain(cfg, e, lambda key: f"command-line option {key or ''}".rstrip())
+        message = _explain(cfg, e, lambda key: "command-line options")
         if message is None:
             raise ConfigError(f"command-line options {opts}: {e}") from e
         raise ConfigError(message) from e

@@ -1,0 +1,167 @@
+"""
+Config errors stop train_net.py before training, naming the key and the file (or command-line
+option): unknown keys, wrong types, bad YAML, unregistered datasets, and MODEL.ATSS.NUM_CLASSES
+that does not match the dataset's classes.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+from tiny_setup import BASE_CONFIG, REPO, image_dicts, registered, tiny_cfg, write_coco_json
+
+from atss_d2 import add_atss_config
+from atss_d2.engine import (
+    ATSSTrainer,
+    ConfigError,
+    merge_config_file,
+    merge_config_opts,
+    validate_config,
+)
+
+
+def fresh_cfg():
+    cfg = get_cfg()
+    add_atss_config(cfg)
+    return cfg
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_unknown_key_names_the_file_that_sets_it(tmp_path):
+    base = write(
+        tmp_path / "base.yaml", f'_BASE_: "{BASE_CONFIG}"\nMODEL:\n  ATSS:\n    NUM_CONV: 2\n'
+    )
+    child = write(tmp_path / "child.yaml", '_BASE_: "base.yaml"\nSOLVER:\n  MAX_ITER: 10\n')
+    for path in (base, child):
+        with pytest.raises(ConfigError) as info:
+            merge_config_file(fresh_cfg(), path)
+        message = str(info.value)
+        # The key is set in base.yaml, whichever file was loaded.
+        assert message.startswith(f"{base}: unknown config key MODEL.ATSS.NUM_CONV")
+        assert "did you mean MODEL.ATSS.NUM_CONVS" in message
+
+    typo = write(tmp_path / "typo.yaml", f'_BASE_: "{BASE_CONFIG}"\nSOLVR:\n  MAX_ITER: 10\n')
+    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown config key SOLVR"):
+        merge_config_file(fresh_cfg(), typo)
+
+
+def test_wrong_type_names_key_file_and_types(tmp_path):
+    bad = write(tmp_path / "bad.yaml", f'_BASE_: "{BASE_CONFIG}"\nSOLVER:\n  MAX_ITER: many\n')
+    with pytest.raises(ConfigError) as info:
+        merge_config_file(fresh_cfg(), bad)
+    message = str(info.value)
+    assert message.startswith(f"{bad}: config key SOLVER.MAX_ITER has the wrong type")
+    assert "<class 'int'>" in message and "many" in message
+
+    # yacs does not turn an int into a float: BASE_LR: 1 is an error, and says so.
+    int_lr = write(tmp_path / "int_lr.yaml", "SOLVER:\n  BASE_LR: 1\n")
+    with pytest.raises(ConfigError, match=r"int_lr\.yaml: config key SOLVER\.BASE_LR.*float"):
+        merge_config_file(fresh_cfg(), int_lr)
+
+
+def test_unreadable_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="Config file not found: .*nope.yaml"):
+        merge_config_file(fresh_cfg(), str(tmp_path / "nope.yaml"))
+    broken = write(tmp_path / "broken.yaml", "MODEL:\n  ATSS: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"(?s)broken\.yaml .*not valid YAML.*line 2"):
+        merge_config_file(fresh_cfg(), broken)
+    orphan = write(tmp_path / "orphan.yaml", '_BASE_: "missing_base.yaml"\n')
+    with pytest.raises(ConfigError, match=r"orphan\.yaml: cannot read .*missing_base\.yaml"):
+        merge_config_file(fresh_cfg(), orphan)
+
+
+def test_command_line_options():
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "command-line options: unknown config key MODEL.ATSS.TOPKK; "
+            "did you mean MODEL.ATSS.TOPK?"
+        ),
+    ):
+        merge_config_opts(fresh_cfg(), ["MODEL.ATSS.TOPKK", "9"])
+    with pytest.raises(
+        ConfigError,
+        match="options: config key SOLVER.MAX_ITER has the wrong type: expected <class 'int'>",
+    ):
+        merge_config_opts(fresh_cfg(), ["SOLVER.MAX_ITER", "ten"])
+    with pytest.raises(ConfigError, match="KEY VALUE pairs"):
+        merge_config_opts(fresh_cfg(), ["SOLVER.MAX_ITER"])
+    cfg = merge_config_opts(fresh_cfg(), ["SOLVER.MAX_ITER", "10"])
+    assert cfg.SOLVER.MAX_ITER == 10
+
+
+def test_num_classes_must_match_the_datasets(tmp_path):
+    with registered("cfg_two_classes", [], classes=("a", "b")) as name:
+        cfg = tiny_cfg(tmp_path, "DATASETS.TRAIN", f"('{name}',)")
+        validate_config(cfg)  # 2 == 2
+        cfg.MODEL.ATSS.NUM_CLASSES = 80
+        with pytest.raises(ConfigError) as info:
+            validate_config(cfg)
+        assert str(info.value) == (
+            "MODEL.ATSS.NUM_CLASSES is 80, but dataset 'cfg_two_classes' has 2 classes (a, b); "
+            "set MODEL.ATSS.NUM_CLASSES 2"
+        )
+        # The test sets are checked too, also for --eval-only.
+        cfg = tiny_cfg(
+            tmp_path, "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "('shapes_val',)"
+        )
+        with pytest.raises(ConfigError, match="'shapes_val' has 3 classes"):
+            validate_config(cfg, train=False)
+
+
+def test_num_classes_of_a_lazy_coco_dataset_is_checked_when_loaded(tmp_path):
+    # A COCO json's classes are known only once it is read: validate_config cannot check them,
+    # the trainer's loader does, before any training step.
+    dicts = image_dicts(tmp_path / "images", num_images=2)
+    json_file = write_coco_json(tmp_path / "train.json", dicts, classes=("a", "b", "c"))
+    register_coco_instances("cfg_lazy_coco", {}, json_file, str(tmp_path / "images"))
+    try:
+        cfg = tiny_cfg(tmp_path, "DATASETS.TRAIN", "('cfg_lazy_coco',)")
+        validate_config(cfg)
+        with pytest.raises(
+            ConfigError, match="NUM_CLASSES is 2, but dataset 'cfg_lazy_coco' has 3"
+        ):
+            ATSSTrainer.build_train_loader(cfg)
+    finally:
+        DatasetCatalog.remove("cfg_lazy_coco")
+        MetadataCatalog.remove("cfg_lazy_coco")
+
+
+def test_unregistered_dataset_and_bad_solver(tmp_path):
+    cfg = tiny_cfg(tmp_path, "DATASETS.TRAIN", "('shapes_trian',)")
+    with pytest.raises(
+        ConfigError, match="DATASETS.TRAIN names dataset 'shapes_trian'.*shapes_train"
+    ):
+        validate_config(cfg)
+    cfg = tiny_cfg(tmp_path, "DATASETS.TRAIN", "('shapes_train',)", "MODEL.ATSS.NUM_CLASSES", "3")
+    cfg.SOLVER.CHECKPOINT_PERIOD = 0
+    with pytest.raises(ConfigError, match="SOLVER.CHECKPOINT_PERIOD must be positive"):
+        validate_config(cfg)
+
+
+def test_train_net_reports_config_errors_cleanly(tmp_path):
+    bad = write(tmp_path / "bad.yaml", f'_BASE_: "{BASE_CONFIG}"\nMODEL:\n  ATSS:\n    TOPKK: 9\n')
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train_net.py"), "--config-file", bad],
+        cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert stderr.strip().splitlines()[-1] == (
+        f"train_net.py: config error: {bad}: unknown config key MODEL.ATSS.TOPKK; "
+        "did you mean MODEL.ATSS.TOPK?"
+    )
+    assert "Traceback" not in stderr
