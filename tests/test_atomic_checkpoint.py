@@ -13,7 +13,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from atss_d2.engine import AtomicCheckpointer, AtomicSaveMixin
+from atss_d2.checkpoint import UnsafeCheckpointError
+from atss_d2.engine import AtomicCheckpointer, AtomicSaveMixin, SafeAtomicCheckpointer
 
 
 def small_model(value: float) -> nn.Module:
@@ -170,3 +171,32 @@ def test_mixin_combines_with_another_checkpointer(tmp_path):
     fresh = small_model(0.0)
     Combined(fresh, str(tmp_path)).resume_or_load("", resume=True)
     assert calls == ["model_0000001.pth"] and fresh[0].weight[0, 0].item() == 1.0
+
+
+class _NamesAGlobal:
+    """Pickles as a call of a global (here a harmless one): what a malicious file does."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_trainer_checkpointer_is_atomic_and_loads_safely(tmp_path, crash_in_torch_save):
+    model = small_model(1.0)
+    ckpt = SafeAtomicCheckpointer(model, str(tmp_path))
+    ckpt.save("model_0000001", iteration=1)
+    fresh = small_model(0.0)
+    extra = SafeAtomicCheckpointer(fresh, str(tmp_path)).resume_or_load("", resume=True)
+    assert extra["iteration"] == 1 and fresh[0].weight[0, 0].item() == 1.0
+
+    # A tagged file that needs code to unpickle is refused, naming the file.
+    torch.save({"model": model.state_dict(), "extra": _NamesAGlobal()}, tmp_path / "evil.pth")
+    ckpt.tag_last_checkpoint("evil.pth")
+    with pytest.raises(UnsafeCheckpointError, match="evil.pth"):
+        SafeAtomicCheckpointer(small_model(0.0), str(tmp_path)).resume_or_load("", resume=True)
+
+    ckpt.tag_last_checkpoint("model_0000001.pth")
+    crash_in_torch_save()
+    with pytest.raises(OSError):
+        ckpt.save("model_0000002")
+    assert tagged(tmp_path) == "model_0000001.pth"
+    assert not (tmp_path / "model_0000002.pth").exists()

@@ -1,6 +1,6 @@
 """Training glue: the trainer, crash-safe checkpointing and config checks used by train_net.py."""
 
-from .checkpoint import AtomicCheckpointer, AtomicSaveMixin
+from .checkpoint import AtomicCheckpointer, AtomicSaveMixin, SafeAtomicCheckpointer
 from .config import (
     ConfigError,
     check_num_classes,
@@ -14,6 +14,7 @@ __all__ = [
     "ATSSTrainer",
     "AtomicCheckpointer",
     "AtomicSaveMixin",
+    "SafeAtomicCheckpointer",
     "ConfigError",
     "check_num_classes",
     "merge_config_file",

@@ -21,7 +21,14 @@ from typing import Any, Dict, List
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicCheckpointer", "AtomicSaveMixin", "non_finite_tensors"]
+from ..checkpoint import SafeDetectionCheckpointer
+
+__all__ = [
+    "AtomicCheckpointer",
+    "AtomicSaveMixin",
+    "SafeAtomicCheckpointer",
+    "non_finite_tensors",
+]
 
 _TMP_SUFFIX = ".tmp"
 
@@ -126,3 +133,8 @@ class AtomicSaveMixin:
 
 class AtomicCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
     """``DetectionCheckpointer`` whose saves are atomic and refuse non-finite weights."""
+
+
+class SafeAtomicCheckpointer(AtomicSaveMixin, SafeDetectionCheckpointer):
+    """Atomic saves (:class:`AtomicSaveMixin`) and loading that never unpickles code
+    (:class:`~atss_d2.checkpoint.SafeDetectionCheckpointer`): the trainer's checkpointer."""

@@ -9,7 +9,7 @@ from detectron2.engine import DefaultTrainer
 
 from ..data.mapper import ATSSDatasetMapper, SkippingMapDataset
 from ..evaluation import ATSSCOCOEvaluator
-from .checkpoint import AtomicCheckpointer
+from .checkpoint import SafeAtomicCheckpointer
 from .config import check_num_classes, validate_config
 
 __all__ = ["ATSSTrainer"]
@@ -34,9 +34,9 @@ class ATSSTrainer(DefaultTrainer):
     - :func:`validate_config` before anything is built;
     - :class:`ATSSDatasetMapper` for training and testing; unreadable training images are
       skipped (counted in a warning) when ``DATALOADER.SKIP_UNREADABLE_IMAGES``;
-    - :class:`AtomicCheckpointer`: periodic checkpoints and ``last_checkpoint`` are written
+    - :class:`SafeAtomicCheckpointer`: periodic checkpoints and ``last_checkpoint`` are written
       atomically and never with NaN weights, so ``--resume`` after a crash or ``kill -9``
-      continues from the last complete checkpoint;
+      continues from the last complete checkpoint; files are loaded without unpickling code;
     - :class:`ATSSCOCOEvaluator` (0 AP, not NaN, for a model without detections).
 
     A non-finite loss stops training with ``FloatingPointError`` naming the iteration and the
@@ -50,8 +50,9 @@ class ATSSTrainer(DefaultTrainer):
 
     @classmethod
     def build_checkpointer(cls, cfg, model, save_dir=None, **checkpointables):
-        """The checkpointer for training and for ``--eval-only`` (loading ``MODEL.WEIGHTS``)."""
-        return AtomicCheckpointer(
+        """The checkpointer for training and for ``--eval-only``: atomic saves, and
+        ``MODEL.WEIGHTS`` / resumed files loaded without unpickling code."""
+        return SafeAtomicCheckpointer(
             model, cfg.OUTPUT_DIR if save_dir is None else save_dir, **checkpointables
         )
 
