@@ -28,10 +28,16 @@ from atss_d2.engine import (
     validate_config,
 )
 from atss_d2.modeling import ATSSWithTTA
+from atss_d2.solver import build_optimizer
 
 
 class Trainer(ATSSTrainer):
     """Robust data, atomic checkpoints, config checks, COCO evaluation: see ATSSTrainer."""
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """SOLVER.OPTIMIZER: detectron2's SGD or AdamW (see atss_d2.solver)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def test_with_TTA(cls, cfg, model):

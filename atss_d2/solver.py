@@ -1,0 +1,33 @@
+"""The optimizer of ``SOLVER.OPTIMIZER``: detectron2's SGD, or AdamW for short from-scratch runs."""
+import torch
+from detectron2.config import CfgNode
+from detectron2.solver import build_optimizer as build_sgd_optimizer
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+__all__ = ["build_optimizer"]
+
+
+def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """
+    ``SOLVER.OPTIMIZER`` "SGD": detectron2's ``build_optimizer`` (the ATSS recipe).
+    "ADAMW": ``torch.optim.AdamW`` with the same parameter groups (``WEIGHT_DECAY_NORM``,
+    ``BIAS_LR_FACTOR``, ``WEIGHT_DECAY_BIAS``) and gradient clipping (``CLIP_GRADIENTS``);
+    it trains a detector from scratch in a few hundred iterations, where SGD needs thousands
+    (the CPU shapes demo).
+    """
+    name = cfg.SOLVER.OPTIMIZER.upper()
+    if name == "SGD":
+        return build_sgd_optimizer(cfg, model)
+    if name != "ADAMW":
+        raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}")
+    params = get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+    )
+    return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
+        params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+    )
