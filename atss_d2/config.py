@@ -24,7 +24,7 @@ def add_atss_config(cfg):
     # Whether tower convs have a bias. mmdetection: no bias before a norm; the authors' code
     # keeps it (needed to load their checkpoints exactly).
     _C.MODEL.ATSS.TOWER_CONV_BIAS = False
-    # Use a deformable conv (DCNv1, torchvision's deform_conv2d) as the last conv of each tower,
+    # Use a modulated deformable conv (DCNv2, torchvision's deform_conv2d) as the last conv of each tower,
     # as the authors' dcnv2 models do.
     _C.MODEL.ATSS.DCN_IN_TOWER = False
     # Prior probability of foreground used to initialize the classification bias.
