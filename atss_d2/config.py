@@ -24,8 +24,8 @@ def add_atss_config(cfg):
     # Whether tower convs have a bias. mmdetection: no bias before a norm; the authors' code
     # keeps it (needed to load their checkpoints exactly).
     _C.MODEL.ATSS.TOWER_CONV_BIAS = False
-    # Use a modulated deformable conv (DCNv2, torchvision's deform_conv2d) as the last conv of each tower,
-    # as the authors' dcnv2 models do.
+    # Make the last conv of each tower a modulated deformable conv (DCNv2, on torchvision's
+    # deform_conv2d), as the authors' dcnv2 models do.
     _C.MODEL.ATSS.DCN_IN_TOWER = False
     # Prior probability of foreground used to initialize the classification bias.
     _C.MODEL.ATSS.PRIOR_PROB = 0.01

@@ -12,7 +12,6 @@ import datetime
 import math
 import socket
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
