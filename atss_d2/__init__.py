@@ -11,10 +11,11 @@ from .modeling import (  # noqa: F401  (registration)
     ATSSHead,
     ATSSMatcher,
     ATSSPointCoder,
+    ATSSWithTTA,
     build_atss_resnet_fpn_backbone,
 )
 from . import data  # noqa: F401  (registration: shapes_train, shapes_val)
 
 __version__ = "0.1.0"
 __all__ = ["add_atss_config", "ATSS", "ATSSHead", "ATSSMatcher", "ATSSBoxCoder", "ATSSPointCoder",
-           "build_atss_resnet_fpn_backbone"]
+           "ATSSWithTTA", "build_atss_resnet_fpn_backbone"]
