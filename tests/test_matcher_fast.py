@@ -31,11 +31,11 @@ def exhaustive(levels, gt, topk=9, ignored=None):
     """ATSS from the full (A, G) matrices, written from the paper's rules."""
     anchors = torch.cat(levels)
     num_anchors, num_gt = len(anchors), len(gt)
-    matches = torch.full((num_anchors,), -1, dtype=torch.long)
+    matches = torch.full((num_anchors,), -1, dtype=torch.long, device=anchors.device)
     if num_gt == 0:
         if ignored is not None:
             matches[ignored] = -2
-        return matches, torch.zeros(0)
+        return matches, anchors.new_zeros(0)
     area_a = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
     area_g = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
     wh = (
@@ -65,7 +65,7 @@ def exhaustive(levels, gt, topk=9, ignored=None):
     inside = torch.stack([cx - gt[:, 0], cy - gt[:, 1], gt[:, 2] - cx, gt[:, 3] - cy]).amin(0)
     positive = (cand_iou >= thr) & (inside > 0.01)
     masked = torch.full_like(iou, float("-inf"))
-    cols = torch.arange(num_gt).expand_as(cand)
+    cols = torch.arange(num_gt, device=anchors.device).expand_as(cand)
     masked[cand[positive], cols[positive]] = iou[cand[positive], cols[positive]]
     best, arg = masked.max(dim=1)
     matches[best > float("-inf")] = arg[best > float("-inf")]
@@ -164,7 +164,7 @@ def test_other_topk(topk):
 
 def test_ignore_regions():
     levels = atss_levels(320, 320)
-    gt = random_boxes(120, 320, 320, seed=5)
+    gt = random_boxes(300, 320, 320, seed=5)
     ignore = torch.tensor([[0.0, 0, 120, 120], [200, 180, 320, 320], [150, 10, 160, 20]])
     matches = check(levels, gt, ignore=ignore)
     assert (matches == ATSSMatcher.IGNORE).any()
@@ -175,18 +175,19 @@ def test_anchors_not_on_a_grid_use_the_full_search():
     g = torch.Generator().manual_seed(6)
     shuffled = [x[torch.randperm(len(x), generator=g)] for x in levels]
     jittered = [x + torch.rand(len(x), 1, generator=g) * 3 for x in levels]
-    gt = random_boxes(100, 320, 320, seed=7)
+    gt = random_boxes(300, 320, 320, seed=7)
     check(shuffled, gt)
     check(jittered, gt)
 
 
 def test_chunk_size_does_not_change_result(one_thread):
     levels = atss_levels(256, 320)
-    gt = random_boxes(60, 256, 320, seed=8, integer=True)
+    gt = random_boxes(300, 256, 320, seed=8, integer=True)
     gt[:, 2:] = torch.maximum(gt[:, 2:], gt[:, :2] + 1)
     boxes = [Boxes(x) for x in levels]
+    # One chunk of 300 GTs takes the windowed search on P3; small chunks take the full one.
     full = ATSSMatcher(9, gt_chunk_size=10_000)(boxes, Boxes(gt))
-    for chunk in (1, 7, 64):  # 1: every GT alone
+    for chunk in (3, 64, 299):
         assert torch.equal(ATSSMatcher(9, gt_chunk_size=chunk)(boxes, Boxes(gt)), full)
 
 
@@ -229,3 +230,15 @@ def test_windowed_search_is_used_and_fast(monkeypatch, one_thread):
     reference = best_of(lambda: exhaustive(levels, gt), n=2)
     # Measured ~15x on a 2-core machine; 3x leaves room for a busy machine.
     assert ours * 3 < reference, (ours, reference)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("num_gt", [50, 3000])
+def test_cuda_matches_exhaustive(num_gt):
+    # 3000 GTs on 800x1344 anchors: chunks of 256 are large enough for the windowed search.
+    levels = [x.cuda() for x in atss_levels(800, 1344)]
+    gt = random_boxes(num_gt, 800, 1333, seed=num_gt, min_side=12.0, max_side=600.0).cuda()
+    result = ATSSMatcher(9).match([Boxes(x) for x in levels], Boxes(gt))
+    expected, thr = exhaustive(levels, gt)  # on the GPU too: same kernels, same rounding
+    assert torch.equal(result.matches, expected)
+    assert torch.equal(result.thresholds, thr)

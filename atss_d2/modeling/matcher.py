@@ -35,6 +35,10 @@ _INSIDE_EPS = 0.01
 # Levels with fewer anchors than this many windows' worth get the full distance matrix: it is
 # cheap there, and small grids would send many GTs to the fallback anyway.
 _MIN_WINDOWS_PER_LEVEL = 16
+# The windowed search costs a few dozen small ops per level; below this many (anchor, GT) pairs
+# per level and chunk the full distance matrix is cheaper (far more so on a GPU, where each op
+# is a kernel launch and the full matrix is a few microseconds of work).
+_MIN_PAIRS_FOR_WINDOW = {"cpu": 1 << 18, "cuda": 1 << 22}
 
 
 class MatchResult(NamedTuple):
@@ -165,7 +169,7 @@ class ATSSMatcher:
 
         anchor_ctr = _centers(anchors)  # (A, 2)
         level_sizes = [len(t) for t in level_tensors]
-        grids = self._level_grids(anchor_ctr, level_sizes)
+        grids = self._level_grids(anchor_ctr, level_sizes, min(num_gt, self.gt_chunk_size))
         # Best (priority-adjusted) IoU of each anchor over the GTs it is positive for so far.
         best = anchors.new_full((num_anchors,), float("-inf"))
         for start in range(0, num_gt, self.gt_chunk_size):
@@ -231,15 +235,19 @@ class ATSSMatcher:
         )
         return cand, cand_iou, positive & inside, thr
 
-    def _level_grids(self, anchor_ctr: Tensor, level_sizes: List[int]) -> List[Optional[tuple]]:
+    def _level_grids(
+        self, anchor_ctr: Tensor, level_sizes: List[int], gts_per_chunk: int
+    ) -> List[Optional[tuple]]:
         """Per level, the regular grid its anchor centres lie on (see :func:`_regular_grid`),
         or None where the windowed search does not apply or would not pay."""
         grids, start = [], 0
         window = (2 * self._window_radius() + 1) ** 2
+        min_pairs = _MIN_PAIRS_FOR_WINDOW.get(anchor_ctr.device.type, 1 << 18)
         for size in level_sizes:
             ctr = anchor_ctr[start : start + size]
             start += size
-            grids.append(_regular_grid(ctr) if size >= _MIN_WINDOWS_PER_LEVEL * window else None)
+            useful = size >= _MIN_WINDOWS_PER_LEVEL * window and size * gts_per_chunk >= min_pairs
+            grids.append(_regular_grid(ctr) if useful else None)
         return grids
 
     def _window_radius(self) -> int:
@@ -310,20 +318,22 @@ class ATSSMatcher:
     @staticmethod
     def _update_best(matches, best, cand, score, positive, gt_offset):
         """Assign each positive anchor of this chunk to its best GT, keeping earlier chunks'
-        assignments on exact ties (they have lower GT indices)."""
-        anchor_idx = cand[positive]  # (P,)
-        if anchor_idx.numel() == 0:
-            return
-        gt_idx = positive.nonzero()[:, 1] + gt_offset  # row-major, same order as cand[positive]
-        values = score[positive]
+        assignments on exact ties (they have lower GT indices). Dense over the (C, Gc) pairs,
+        without boolean indexing, so that no step waits for the GPU."""
+        flat_idx = cand.reshape(-1)  # (C * Gc,)
+        flat_pos = positive.reshape(-1)
+        values = torch.where(flat_pos, score.reshape(-1), float("-inf"))
         chunk_best = torch.full_like(best, float("-inf"))
-        chunk_best.scatter_reduce_(0, anchor_idx, values, reduce="amax")
-        winner = values == chunk_best[anchor_idx]
-        chunk_gt = torch.full_like(matches, torch.iinfo(torch.long).max)
-        chunk_gt.scatter_reduce_(0, anchor_idx[winner], gt_idx[winner], reduce="amin")
+        chunk_best.scatter_reduce_(0, flat_idx, values, reduce="amax")
+        never = torch.iinfo(torch.long).max
+        gt_idx = torch.arange(cand.shape[1], device=cand.device) + gt_offset
+        winner = flat_pos & (values == chunk_best[flat_idx])
+        winner_gt = torch.where(winner, gt_idx.expand_as(cand).reshape(-1), never)
+        chunk_gt = torch.full_like(matches, never)
+        chunk_gt.scatter_reduce_(0, flat_idx, winner_gt, reduce="amin")
         improved = chunk_best > best
-        matches[improved] = chunk_gt[improved]
-        best[improved] = chunk_best[improved]
+        matches.copy_(torch.where(improved, chunk_gt, matches))
+        best.copy_(torch.where(improved, chunk_best, best))
 
     def _ignored_anchors(self, anchors: Tensor, ignore: Tensor) -> Tensor:
         """bool (A,): anchors whose intersection over their own area with some ignore box
