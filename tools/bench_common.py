@@ -6,6 +6,7 @@ memory. Imports only the standard library and torch, so that the mmdetection wor
 
 import ctypes
 import gc
+import math
 import os
 import platform
 import statistics
@@ -15,7 +16,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-__all__ = ["PeakMemory", "machine_info", "sync", "time_call"]
+__all__ = ["PeakMemory", "machine_info", "median", "random_gt", "sync", "time_call"]
 
 
 def sync(device: str) -> None:
@@ -150,3 +151,20 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def random_gt(num: int, height: int, width: int, seed: int, device: str) -> torch.Tensor:
+    """``num`` boxes (XYXY) of COCO-like sizes: side sqrt(area) log-uniform in [12, 600] px,
+    aspect ratio log-uniform in [1/3, 3], centre uniform in the image, clipped to it."""
+    g = torch.Generator().manual_seed(seed)
+    side = torch.exp(torch.empty(num).uniform_(math.log(12), math.log(600), generator=g))
+    ratio = torch.exp(torch.empty(num).uniform_(-math.log(3), math.log(3), generator=g))
+    w, h = side * ratio.sqrt(), side / ratio.sqrt()
+    cx = torch.rand(num, generator=g) * width
+    cy = torch.rand(num, generator=g) * height
+    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    boxes[:, 2] = torch.maximum(boxes[:, 2], boxes[:, 0] + 1)
+    boxes[:, 3] = torch.maximum(boxes[:, 3], boxes[:, 1] + 1)
+    return boxes.to(device)

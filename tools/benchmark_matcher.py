@@ -29,7 +29,7 @@ import types
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from bench_common import PeakMemory, machine_info, median, sync, time_call
+from bench_common import PeakMemory, machine_info, median, random_gt, sync, time_call
 
 INSTALL_HINT = (
     "to compare against mmdetection itself, install it in a separate venv:\n"
@@ -65,24 +65,7 @@ def atss_anchors(height: int, width: int, device: str) -> List[torch.Tensor]:
     for _ in strides[3:]:  # P6, P7: stride-2 3x3 convs with padding 1
         sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
     features = [torch.empty(1, 1, fh, fw, device=device) for fh, fw in sizes]
-    return [b.tensor for b in generator(features)]
-
-
-def random_gt(num: int, height: int, width: int, seed: int, device: str) -> torch.Tensor:
-    """``num`` boxes (XYXY) of COCO-like sizes: side sqrt(area) log-uniform in [12, 600] px,
-    aspect ratio log-uniform in [1/3, 3], centre uniform in the image, clipped to it."""
-    g = torch.Generator().manual_seed(seed)
-    side = torch.exp(torch.empty(num).uniform_(math.log(12), math.log(600), generator=g))
-    ratio = torch.exp(torch.empty(num).uniform_(-math.log(3), math.log(3), generator=g))
-    w, h = side * ratio.sqrt(), side / ratio.sqrt()
-    cx = torch.rand(num, generator=g) * width
-    cy = torch.rand(num, generator=g) * height
-    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    boxes[:, 2] = torch.maximum(boxes[:, 2], boxes[:, 0] + 1)
-    boxes[:, 3] = torch.maximum(boxes[:, 3], boxes[:, 1] + 1)
-    return boxes.to(device)
+    return [b.tensor.to(device) for b in generator(features)]  # generator buffers stay on CPU
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,560 @@
+#!/usr/bin/env python
+"""
+ATSS against detectron2's RetinaNet and FCOS, in one process, on the same inputs: inference
+latency per image, training step time, peak memory, and the share of the training step spent
+in sample selection (each model's ``label_anchors``).
+
+    python tools/benchmark.py                         # CPU, 800x1333 inference, batch-2 training
+    python tools/benchmark.py --device cuda --out output/benchmark
+    python tools/benchmark.py --quick                 # smoke run, small images
+
+What is compared (all random weights, R-50-FPN, P3-P7, 80 classes):
+- Same ResNet-50 bottom-up for the three (ATSS's config: torchvision-style stride in the 3x3
+  conv, FrozenBN, stem and res2 frozen) and the same FPN on res3-res5. The P6/P7 top block is
+  each model's own: ATSS and FCOS compute P6 from P5 (ATSS with its own builder,
+  ``build_atss_resnet_fpn_backbone``; FCOS with detectron2's ``LastLevelP6P7(in_feature="p5")``
+  as its LazyConfig does), RetinaNet uses detectron2's stock ``build_retinanet_resnet_fpn_backbone``
+  (P6 from res5, 2048 input channels).
+- Heads as each method defines them: ATSS 1 anchor/location, GN towers, centerness; FCOS
+  (detectron2's ``FCOSHead``) GN towers, centerness; RetinaNet (detectron2's stock
+  ``RetinaNetHead``) 9 anchors/location, no norm. FCOS is built with
+  ``norm=callable``: detectron2 0.6's ``RetinaNetHead.__init__`` probes ``get_norm(norm, 1)`` only
+  to name the norm type, and ``nn.GroupNorm(32, 1)`` is rejected by current torch; the callable
+  gives ``GroupNorm(1, 1)`` to the probe and ``GroupNorm(32, 256)`` to every real layer, which is
+  exactly what ``norm="GN"`` builds.
+- Inference settings made equal: score threshold 0.05, top 1000 candidates per level, class-aware
+  NMS at IoU 0.6, 100 detections (RetinaNet's default NMS is 0.5, FCOS's threshold 0.2; both are
+  overridden). The threshold applies to p_cls for ATSS and RetinaNet and to sqrt(p_cls * p_ctr)
+  for FCOS (their definitions). With ``--scores dense`` (default) every classification bias is
+  set to 0 so that every model keeps its full top 1000 per level and NMS sees the same load; with
+  ``--scores prior`` the weights stay as initialised (p_cls ~ 0.01: ATSS and RetinaNet keep
+  nothing, FCOS keeps everything, so post-processing differs).
+- Padding: each model as it ships: ATSS pads to 32 (both references), detectron2's models to
+  128 (P7's stride). Row ``atss_pad128`` runs ATSS padded like detectron2, for a pixel-for-pixel
+  comparison.
+- Training: SGD step (forward, backward, optimizer step) on the same batch, ``--num-gt`` random
+  boxes per image. ``label_anchors`` is timed inside the step (with a device sync around it).
+- Peak memory: CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated before (model,
+  optimizer state); CPU, peak RSS above the RSS before (VmHWM after ``/proc/self/clear_refs``),
+  one run each, in this process. ``tracemalloc`` does not see torch's memory.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+from bench_common import PeakMemory, machine_info, median, random_gt, sync
+from torch import nn
+
+MIB = 1024 * 1024
+TARGETS = {  # issue 6: ATSS / baseline ratios
+    ("inference", "retinanet"): 0.80,
+    ("inference", "fcos"): 1.00,
+    ("train_step", "fcos"): 1.05,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+class _TimedLabelAnchors:
+    """Mixin: accumulates the seconds spent in ``label_anchors`` (the sample selection)."""
+
+    label_anchors_seconds = 0.0
+
+    def label_anchors(self, *args, **kwargs):
+        sync(str(self.device))
+        start = time.perf_counter()
+        out = super().label_anchors(*args, **kwargs)
+        sync(str(self.device))
+        self.label_anchors_seconds += time.perf_counter() - start
+        return out
+
+
+def group_norm(channels: int) -> nn.Module:
+    """``get_norm("GN", c)`` for every real layer (c a multiple of 32); GroupNorm(1, c) for
+    detectron2 0.6's ``get_norm(norm, 1)`` type probe, which builds and discards it."""
+    return nn.GroupNorm(32 if channels % 32 == 0 else 1, channels)
+
+
+def base_cfg(device: str):
+    from detectron2.config import get_cfg
+
+    from atss_d2 import add_atss_config
+
+    cfg = get_cfg()
+    add_atss_config(cfg)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg.merge_from_file(os.path.join(root, "configs/COCO-Detection/atss_R_50_FPN_1x.yaml"))
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.WEIGHTS = ""
+    return cfg
+
+
+def build_atss(cfg, pad: int = 32):
+    from atss_d2 import ATSS
+
+    cfg = cfg.clone()
+    cfg.MODEL.ATSS.SIZE_DIVISIBILITY = pad
+    timed = type("TimedATSS", (_TimedLabelAnchors, ATSS), {})
+    return timed(cfg)
+
+
+def build_retinanet(cfg):
+    from detectron2.modeling.meta_arch import RetinaNet
+
+    cfg = cfg.clone()
+    cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"  # stock: P6 from res5
+    # detectron2's Base-RetinaNet.yaml anchors: 3 scales x 3 ratios per location.
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [
+        [x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [32, 64, 128, 256, 512]
+    ]
+    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+    cfg.MODEL.RETINANET.NUM_CLASSES = 80
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.05
+    cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 1000
+    cfg.MODEL.RETINANET.NMS_THRESH_TEST = 0.6  # default 0.5; 0.6 as ATSS and FCOS
+    timed = type("TimedRetinaNet", (_TimedLabelAnchors, RetinaNet), {})
+    return timed(cfg).to(cfg.MODEL.DEVICE)
+
+
+def build_fcos(cfg):
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone import FPN
+    from detectron2.modeling.backbone.fpn import LastLevelP6P7
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+    from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
+
+    bottom_up = build_resnet_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+    backbone = FPN(
+        bottom_up=bottom_up,
+        in_features=["res3", "res4", "res5"],
+        out_channels=256,
+        top_block=LastLevelP6P7(256, 256, in_feature="p5"),  # as detectron2's FCOS LazyConfig
+    )
+    head = FCOSHead(
+        input_shape=[ShapeSpec(channels=256)] * 5,
+        num_classes=80,
+        conv_dims=[256] * 4,
+        norm=group_norm,
+        prior_prob=0.01,
+    )
+    timed = type("TimedFCOS", (_TimedLabelAnchors, FCOS), {})
+    model = timed(
+        backbone=backbone,
+        head=head,
+        head_in_features=["p3", "p4", "p5", "p6", "p7"],
+        num_classes=80,
+        test_score_thresh=0.05,  # default 0.2 (on sqrt(p_cls * p_ctr)); 0.05 as the others
+        test_topk_candidates=1000,
+        test_nms_thresh=0.6,
+        max_detections_per_image=100,
+        pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        pixel_std=cfg.MODEL.PIXEL_STD,
+    )
+    return model.to(cfg.MODEL.DEVICE)
+
+
+def dense_scores(model: nn.Module) -> None:
+    """Classification (and centerness) biases to 0: every candidate passes the score threshold,
+    so every model does its full top-k and NMS."""
+    with torch.no_grad():
+        for name in ("cls_score", "centerness", "ctrness"):
+            layer = getattr(model.head, name, None)
+            if layer is not None and layer.bias is not None:
+                layer.bias.zero_()
+
+
+BUILDERS: Dict[str, Callable] = {
+    "atss": build_atss,
+    "atss_pad128": lambda cfg: build_atss(cfg, pad=128),
+    "retinanet": build_retinanet,
+    "fcos": build_fcos,
+}
+DESCRIPTIONS = {
+    "atss": "atss_d2 ATSS, P6 from P5, pad 32",
+    "atss_pad128": "atss_d2 ATSS, P6 from P5, pad 128",
+    "retinanet": "detectron2 RetinaNet (stock), P6 from res5, pad 128",
+    "fcos": "detectron2 FCOS (GN head), P6 from P5, pad 128",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and steps
+# --------------------------------------------------------------------------------------------
+def make_inputs(size, batch: int, num_gt: int, seed: int, with_gt: bool) -> List[dict]:
+    from detectron2.structures import Boxes, Instances
+
+    h, w = size
+    g = torch.Generator().manual_seed(seed)
+    inputs = []
+    for i in range(batch):
+        item = {
+            "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
+            "height": h,
+            "width": w,
+        }
+        if with_gt:
+            inst = Instances((h, w))
+            inst.gt_boxes = Boxes(random_gt(num_gt, h, w, seed + 1000 * i, "cpu"))
+            inst.gt_classes = torch.randint(0, 80, (num_gt,), generator=g)
+            item["instances"] = inst
+        inputs.append(item)
+    return inputs
+
+
+def _to_device(inputs: List[dict], device: str) -> List[dict]:
+    out = []
+    for item in inputs:
+        item = dict(item)
+        item["image"] = item["image"].to(device)
+        if "instances" in item:
+            item["instances"] = item["instances"].to(device)
+        out.append(item)
+    return out
+
+
+class TrainStep:
+    """One SGD iteration as detectron2's SimpleTrainer does it."""
+
+    def __init__(self, model: nn.Module, inputs: List[dict]):
+        self.model = model
+        self.inputs = inputs
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+
+    def __call__(self):
+        from detectron2.utils.events import EventStorage
+
+        with EventStorage(0):
+            self.model.train()
+            losses = sum(self.model(self.inputs).values())
+            self.optimizer.zero_grad()
+            losses.backward()
+            self.optimizer.step()
+
+
+class Infer:
+    def __init__(self, model: nn.Module, inputs: List[dict]):
+        self.model = model
+        self.inputs = inputs
+
+    def __call__(self):
+        self.model.eval()
+        with torch.no_grad():
+            return self.model(self.inputs)
+
+
+def round_robin(
+    steps: Dict[str, Callable], models: Dict[str, nn.Module], device, iters, warmup, desc
+):
+    """Times every step ``iters`` times, interleaved across models so that load changes on a
+    shared machine hit all of them alike. Returns per model the step times and the
+    ``label_anchors`` time of each step."""
+    from tqdm import tqdm
+
+    times = {k: [] for k in steps}
+    label = {k: [] for k in steps}
+    with tqdm(total=len(steps) * (iters + warmup), desc=desc) as bar:
+        for _ in range(warmup):
+            for fn in steps.values():
+                fn()
+                bar.update()
+        for _ in range(iters):
+            for name, fn in steps.items():
+                model = models[name]
+                model.label_anchors_seconds = 0.0
+                sync(device)
+                start = time.perf_counter()
+                fn()
+                sync(device)
+                times[name].append(time.perf_counter() - start)
+                label[name].append(model.label_anchors_seconds)
+                bar.update()
+    return times, label
+
+
+def peak_memory(fn: Callable, device: str) -> Dict[str, float]:
+    with PeakMemory(device) as mem:
+        fn()
+    out = {"extra_mib": mem.extra / MIB, "method": mem.method}
+    if device.startswith("cuda"):
+        out["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+def ratio(a, b):
+    return a / b if a and b else float("nan")
+
+
+def print_report(result: dict) -> List[str]:
+    lines = []
+    s = result["settings"]
+    lines.append(
+        f"device {s['device']} ({result['machine'].get('gpu') or result['machine']['cpu']}), "
+        f"torch {result['machine']['torch']}, {result['machine']['torch_threads']} threads"
+    )
+    for size in s["sizes"]:
+        key = f"{size[0]}x{size[1]}"
+        lines.append(
+            f"\nInference, one {key} image, median of {s['iters']} after {s['warmup']} "
+            f"warm-up (scores: {s['scores']})"
+        )
+        lines.append(f"{'model':<13} {'ms/img':>9} {'extra MiB':>10}  description")
+        for name, r in result["inference"][key].items():
+            lines.append(
+                f"{name:<13} {r['median_ms']:>9.1f} {r['memory']['extra_mib']:>10.0f}  "
+                f"{DESCRIPTIONS[name]}"
+            )
+    t = s["train_size"]
+    lines.append(
+        f"\nTraining step, batch {s['batch']} of {t[0]}x{t[1]}, {s['num_gt']} GT/image, "
+        f"SGD; median of {s['iters']} after {s['warmup']} warm-up"
+    )
+    lines.append(f"{'model':<13} {'step ms':>9} {'label ms':>9} {'share':>7} {'extra MiB':>10}")
+    for name, r in result["train"].items():
+        lines.append(
+            f"{name:<13} {r['median_ms']:>9.1f} {r['label_anchors_median_ms']:>9.2f} "
+            f"{100 * r['label_anchors_share']:>6.2f}% {r['memory']['extra_mib']:>10.0f}"
+        )
+    lines.append("\nRatios (ATSS / baseline; lower is better)")
+    for (what, base), target, value in result["ratios"]:
+        mark = (
+            ""
+            if target is None
+            else f"  target <= {target:.2f}: " + ("met" if value <= target else "MISSED")
+        )
+        lines.append(f"  {what:<26} ATSS/{base:<10} {value:6.3f}{mark}")
+    share = result["train"].get("atss", {}).get("label_anchors_share")
+    if share is not None:
+        lines.append(
+            f"  ATSS sample selection share of the step: {100 * share:.2f}%  target < 5%: "
+            + ("met" if share < 0.05 else "MISSED")
+        )
+    text = "\n".join(lines)
+    print(text)
+    return lines
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = next(iter(result["inference"]))
+    infer = result["inference"][key]
+    train = result["train"]
+    panels = [
+        (f"inference ms / image ({key})", {k: v["median_ms"] for k, v in infer.items()}),
+        ("training step ms", {k: v["median_ms"] for k, v in train.items()}),
+        (
+            "peak extra memory, training (MiB)",
+            {k: v["memory"]["extra_mib"] for k, v in train.items()},
+        ),
+        (
+            "sample selection share of step (%)",
+            {k: 100 * v["label_anchors_share"] for k, v in train.items()},
+        ),
+    ]
+    colors = {
+        "atss": "tab:green",
+        "atss_pad128": "tab:olive",
+        "retinanet": "tab:blue",
+        "fcos": "tab:orange",
+    }
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
+    for ax, (title, values) in zip(axes, panels):
+        names = list(values)
+        bars = ax.bar(names, [values[n] for n in names], color=[colors[n] for n in names])
+        for bar, n in zip(bars, names):
+            ax.annotate(
+                f"{values[n]:.3g}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    s = result["settings"]
+    dev = result["machine"].get("gpu") or result["machine"]["cpu"]
+    fig.suptitle(
+        f"ATSS vs detectron2 RetinaNet / FCOS, R-50-FPN, {s['device']} ({dev})", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+def parse_size(text: str):
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--sizes", nargs="+", default=["800x1333"], help="inference sizes HxW")
+    p.add_argument("--train-size", default="800x1333", help="training image size HxW")
+    p.add_argument("--batch", type=int, default=2, help="training images per step")
+    p.add_argument("--num-gt", type=int, default=50, help="GT boxes per training image")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--models", nargs="+", default=list(BUILDERS), choices=list(BUILDERS))
+    p.add_argument("--scores", choices=["dense", "prior"], default="dense")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-train", action="store_true")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="output/benchmark", help="folder for benchmark.json/.png")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 512x640 images, batch 1, 1 warm-up, 2 iterations",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.quick:
+        args.sizes, args.train_size, args.batch = ["512x640"], "512x640", 1
+        args.iters, args.warmup = min(args.iters, 2), 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available")
+    torch.manual_seed(args.seed)
+    cfg = base_cfg(device)
+
+    from tqdm import tqdm
+
+    import atss_d2  # noqa: F401  (registration)
+
+    models = {}
+    for name in tqdm(args.models, desc="building models"):
+        model = BUILDERS[name](cfg)
+        model.to(device)
+        if args.scores == "dense":
+            dense_scores(model)
+        models[name] = model
+    if "atss_pad128" in models and "atss" in models:
+        models["atss_pad128"].load_state_dict(models["atss"].state_dict())
+
+    sizes = [parse_size(s) for s in args.sizes]
+    train_size = parse_size(args.train_size)
+    result = {
+        "machine": machine_info(device),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "settings": {
+            "device": device,
+            "sizes": sizes,
+            "train_size": train_size,
+            "batch": args.batch,
+            "num_gt": args.num_gt,
+            "iters": args.iters,
+            "warmup": args.warmup,
+            "scores": args.scores,
+            "models": DESCRIPTIONS,
+            "inference": "score thresh 0.05, top 1000/level, NMS 0.6, 100 detections",
+        },
+        "inference": {},
+        "train": {},
+    }
+    for size in sizes:
+        key = f"{size[0]}x{size[1]}"
+        inputs = _to_device(make_inputs(size, 1, 0, args.seed, with_gt=False), device)
+        steps = {k: Infer(m, inputs) for k, m in models.items()}
+        times, _ = round_robin(steps, models, device, args.iters, args.warmup, f"inference {key}")
+        result["inference"][key] = {}
+        for name, fn in steps.items():
+            entry = {
+                "times_ms": [1000 * t for t in times[name]],
+                "median_ms": 1000 * median(times[name]),
+            }
+            entry["detections"] = len(fn()[0]["instances"])
+            entry["memory"] = ({} if args.no_memory else peak_memory(fn, device)) or {
+                "extra_mib": float("nan")
+            }
+            result["inference"][key][name] = entry
+
+    if not args.no_train:
+        inputs = _to_device(
+            make_inputs(train_size, args.batch, args.num_gt, args.seed + 1, True), device
+        )
+        train_models = {k: m for k, m in models.items() if k != "atss_pad128"}
+        steps = {k: TrainStep(m, inputs) for k, m in train_models.items()}
+        times, label = round_robin(
+            steps,
+            train_models,
+            device,
+            args.iters,
+            args.warmup,
+            f"training {train_size[0]}x{train_size[1]}x{args.batch}",
+        )
+        for name, fn in steps.items():
+            shares = [lbl / t for lbl, t in zip(label[name], times[name])]
+            entry = {
+                "times_ms": [1000 * t for t in times[name]],
+                "median_ms": 1000 * median(times[name]),
+                "label_anchors_ms": [1000 * t for t in label[name]],
+                "label_anchors_median_ms": 1000 * median(label[name]),
+                "label_anchors_share": median(shares),
+            }
+            entry["memory"] = ({} if args.no_memory else peak_memory(fn, device)) or {
+                "extra_mib": float("nan")
+            }
+            result["train"][name] = entry
+
+    ratios = []
+    key = f"{sizes[0][0]}x{sizes[0][1]}"
+    for base in ("retinanet", "fcos"):
+        for what, table in (
+            ("inference", result["inference"].get(key, {})),
+            ("train_step", result["train"]),
+        ):
+            if "atss" in table and base in table:
+                value = ratio(table["atss"]["median_ms"], table[base]["median_ms"])
+                ratios.append(((what, base), TARGETS.get((what, base)), value))
+                if what == "inference" and "atss_pad128" in table:
+                    value = ratio(table["atss_pad128"]["median_ms"], table[base]["median_ms"])
+                    ratios.append((("inference (ATSS pad 128)", base), None, value))
+        for what, table in (
+            ("inference memory", result["inference"].get(key, {})),
+            ("train memory", result["train"]),
+        ):
+            if "atss" in table and base in table and not args.no_memory:
+                value = ratio(
+                    table["atss"]["memory"]["extra_mib"], table[base]["memory"]["extra_mib"]
+                )
+                ratios.append(((what, base), None, value))
+    result["ratios"] = ratios
+
+    print()
+    result["report"] = print_report(result)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "benchmark.json"), "w") as f:
+        json.dump(result, f, indent=2, default=str)
+    if result["train"] and result["inference"]:
+        with contextlib.suppress(ImportError):
+            plot(result, os.path.join(args.out, "benchmark.png"))
+    print(f"\nwrote {args.out}/benchmark.json and benchmark.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
