@@ -104,6 +104,14 @@ def export_onnx(model: nn.Module, image: Tensor, path: str, opset_version: int =
         the ONNX graph's output names: the flattened ``Instances`` fields, e.g.
         ``["pred_boxes", "pred_classes", "scores", "image_size"]``.
     """
+    from .modeling.deform import DeformConv
+
+    if any(isinstance(m, DeformConv) for m in model.modules()):
+        # torchvision registers no ONNX symbolic for deform_conv2d.
+        raise ValueError(
+            "ONNX export does not support deformable convolutions (MODEL.ATSS.DCN_IN_TOWER, "
+            "MODEL.RESNETS.DEFORM_ON_PER_STAGE): export this model with format 'torchscript'"
+        )
     adapter = build_tracing_adapter(model, image)
     with torch.no_grad():
         outputs = adapter(*adapter.flattened_inputs)

@@ -126,3 +126,13 @@ def test_onnx_matches_pytorch(model, tmp_path):
     for image in [trace_image, *_images()]:
         outputs = session.run(None, {"image": image.numpy()})
         _assert_same_detections(_pytorch(model, image), instances_from_outputs(names, outputs))
+
+
+def test_onnx_refuses_deformable_convs(tmp_path):
+    cfg = get_cfg()
+    add_atss_config(cfg)
+    cfg.merge_from_file(str(BASE_CONFIG))
+    cfg.merge_from_list(TINY_OPTS + ["MODEL.ATSS.DCN_IN_TOWER", True])
+    model = build_model(cfg).eval()
+    with pytest.raises(ValueError, match="torchscript"):
+        export_onnx(model, torch.rand(3, 40, 56) * 255, str(tmp_path / "model.onnx"))
