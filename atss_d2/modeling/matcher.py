@@ -69,9 +69,7 @@ def candidate_ious(anchors: Tensor, gt: Tensor) -> Tensor:
 
 def _centers(boxes: Tensor) -> Tensor:
     """(N, 4) XYXY -> (N, 2) centres, computed as (x1 + x2) / 2 like both references."""
-    return torch.stack(
-        [(boxes[:, 0] + boxes[:, 2]) / 2.0, (boxes[:, 1] + boxes[:, 3]) / 2.0], dim=1
-    )
+    return (boxes[:, :2] + boxes[:, 2:]) / 2.0
 
 
 class ATSSMatcher:
@@ -168,6 +166,7 @@ class ATSSMatcher:
             return MatchResult(matches, thresholds)
 
         anchor_ctr = _centers(anchors)  # (A, 2)
+        anchor_area = _areas(anchors)  # (A,)
         level_sizes = [len(t) for t in level_tensors]
         grids = self._level_grids(anchor_ctr, level_sizes, min(num_gt, self.gt_chunk_size))
         # Best (priority-adjusted) IoU of each anchor over the GTs it is positive for so far.
@@ -175,11 +174,12 @@ class ATSSMatcher:
         for start in range(0, num_gt, self.gt_chunk_size):
             chunk = gt[start : start + self.gt_chunk_size]  # (Gc, 4)
             cand, cand_iou, positive, thr = self._select(
-                chunk, anchors, anchor_ctr, level_sizes, grids, ignored
+                chunk, anchors, anchor_ctr, anchor_area, level_sizes, grids, ignored
             )
             thresholds[start : start + len(chunk)] = thr
-            score = cand_iou.clone()
+            score = cand_iou
             if self.force_one_positive:
+                score = cand_iou.clone()
                 orphan = ~positive.any(dim=0)  # (Gc,)
                 best_iou, best_idx = cand_iou.max(dim=0)
                 orphan &= best_iou > 0
@@ -192,47 +192,58 @@ class ATSSMatcher:
             matches[ignored & (matches < 0)] = self.IGNORE
         return MatchResult(matches, thresholds)
 
-    def _select(self, chunk, anchors, anchor_ctr, level_sizes, grids, ignored):
+    def _select(self, chunk, anchors, anchor_ctr, anchor_area, level_sizes, grids, ignored):
         """
-        Candidates of a chunk of GTs and their positive mask.
+        Candidates of a chunk of GTs and their positive mask. Written to launch few ops: on a
+        GPU each one costs more than its arithmetic for typical GT counts.
 
         Returns:
             cand: LongTensor (C, Gc) anchor indices; cand_iou: (C, Gc); positive: bool (C, Gc);
             thresholds: (Gc,).
         """
         gt_ctr = _centers(chunk)  # (Gc, 2)
+        starts = [0]
+        for size in level_sizes:
+            starts.append(starts[-1] + size)
+        # One distance matrix over the span of the levels searched in full (same elements as
+        # one matrix per level, so the same topk answers).
+        full = [i for i, (n, g) in enumerate(zip(level_sizes, grids)) if n > 0 and g is None]
+        if full:
+            lo, hi = starts[full[0]], starts[full[-1] + 1]
+            dist = _distances(anchor_ctr[lo:hi], gt_ctr)  # (A_span, Gc)
+            if ignored is not None:
+                dist[ignored[lo:hi]] = float("inf")
         candidates = []
-        start = 0
-        for size, grid in zip(level_sizes, grids):
-            if size > 0:
+        for level, (size, grid) in enumerate(zip(level_sizes, grids)):
+            if size == 0:
+                continue
+            start, k = starts[level], min(self.topk, size)
+            if grid is None:
+                rows = dist[start - lo : start - lo + size]  # (A_l, Gc)
+                idx = rows.topk(k, dim=0, largest=False).indices
+            else:
                 ctr = anchor_ctr[start : start + size]
                 ign = ignored[start : start + size] if ignored is not None else None
-                k = min(self.topk, size)
-                if grid is None:
-                    idx = _nearest_full(ctr, gt_ctr, k, ign)
-                else:
-                    idx = self._nearest_windowed(ctr, gt_ctr, k, ign, grid)
-                candidates.append(idx + start)
-            start += size
+                idx = self._nearest_windowed(ctr, gt_ctr, k, ign, grid)
+            candidates.append(idx + start)
         cand = torch.cat(candidates, dim=0)  # (C, Gc)
-        cand_iou = candidate_ious(anchors[cand], chunk[None])  # (C, Gc)
+        # candidate_ious(anchors[cand], chunk), with the anchor areas computed once per image.
+        boxes = anchors[cand]  # (C, Gc, 4)
+        gt_area = _areas(chunk)  # (Gc,)
+        wh = torch.min(boxes[..., 2:], chunk[:, 2:]) - torch.max(boxes[..., :2], chunk[:, :2])
+        wh = wh.clamp(min=0)
+        overlap = wh[..., 0] * wh[..., 1]
+        cand_iou = overlap / (anchor_area[cand] + gt_area - overlap).clamp(min=_IOU_EPS)
         mean = cand_iou.mean(dim=0)
         # Bessel-corrected std; a single candidate (one anchor in the whole image) has no
         # spread, so its std is taken as 0 rather than NaN.
         std = cand_iou.std(dim=0) if cand.shape[0] > 1 else torch.zeros_like(mean)
         thr = mean + std
         positive = cand_iou >= thr[None, :]
-        # Candidate centres strictly inside the GT.
-        cx = anchor_ctr[cand, 0]
-        cy = anchor_ctr[cand, 1]
-        inside = (
-            torch.stack(
-                [cx - chunk[:, 0], cy - chunk[:, 1], chunk[:, 2] - cx, chunk[:, 3] - cy], dim=-1
-            )
-            .min(dim=-1)
-            .values
-            > _INSIDE_EPS
-        )
+        # Candidate centres strictly inside the GT: min(l, t, r, b) > eps.
+        ctr = anchor_ctr[cand]  # (C, Gc, 2)
+        ltrb = torch.cat([ctr - chunk[:, :2], chunk[:, 2:] - ctr], dim=-1)  # (C, Gc, 4)
+        inside = ltrb.amin(dim=-1) > _INSIDE_EPS
         return cand, cand_iou, positive & inside, thr
 
     def _level_grids(
@@ -352,6 +363,19 @@ class ATSSMatcher:
         return result
 
 
+def _areas(boxes: Tensor) -> Tensor:
+    """(N, 4) XYXY -> (N,) (x2 - x1) * (y2 - y1): one product, so the same value as
+    :func:`candidate_ious` computes."""
+    wh = boxes[:, 2:] - boxes[:, :2]
+    return wh[:, 0] * wh[:, 1]
+
+
+def _distances(ctr: Tensor, gt_ctr: Tensor) -> Tensor:
+    """(A, 2) x (Gc, 2) -> (A, Gc) centre distances, with the references' formula so that
+    distance ties break identically."""
+    return (ctr[:, None, :] - gt_ctr[None, :, :]).pow(2).sum(-1).sqrt()
+
+
 def _nearest_full(ctr: Tensor, gt_ctr: Tensor, k: int, ignored: Optional[Tensor]) -> Tensor:
     """
     The ``k`` anchors of a level whose centres are closest to each GT centre, from the full
@@ -364,8 +388,7 @@ def _nearest_full(ctr: Tensor, gt_ctr: Tensor, k: int, ignored: Optional[Tensor]
     Returns:
         LongTensor (k, Gc): anchor indices within the level, nearest first.
     """
-    # Same formula as the references, so distance ties break identically.
-    dist = (ctr[:, None, :] - gt_ctr[None, :, :]).pow(2).sum(-1).sqrt()  # (A_l, Gc)
+    dist = _distances(ctr, gt_ctr)  # (A_l, Gc)
     if ignored is not None:
         dist[ignored] = float("inf")
     return dist.topk(k, dim=0, largest=False).indices  # (k, Gc)
