@@ -378,7 +378,7 @@ def plot(result: dict, path: str) -> None:
         bars = ax.bar(names, [values[n] for n in names], color=[colors[n] for n in names])
         for bar, n in zip(bars, names):
             ax.annotate(
-                f"{values[n]:.3g}",
+                f"{values[n]:.0f}" if values[n] >= 100 else f"{values[n]:.3g}",
                 (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                 ha="center",
                 va="bottom",
