@@ -88,8 +88,8 @@ def random_boxes(n, height, width, seed, min_side=4.0, max_side=400.0, integer=F
     return boxes.round() if integer else boxes
 
 
-def check(levels, gt, topk=9, ignore=None):
-    matcher = ATSSMatcher(topk)
+def check(levels, gt, topk=9, ignore=None, chunk=256):
+    matcher = ATSSMatcher(topk, gt_chunk_size=chunk)
     ignore_boxes = Boxes(ignore) if ignore is not None else None
     result = matcher.match([Boxes(x) for x in levels], Boxes(gt), ignore_boxes=ignore_boxes)
     ignored = None
@@ -154,6 +154,16 @@ def test_border_outside_and_degenerate_boxes():
         ]
     )
     check(levels, gt)
+
+
+@pytest.mark.parametrize("size", [(8, 4000), (4000, 8), (16, 4000)])
+def test_thin_images(size):
+    # P3 is 1 x 500, 500 x 1 or 2 x 500 anchors: windows hold fewer than topk + 1 anchors or
+    # lie along a single row.
+    height, width = size
+    levels = atss_levels(height, width)
+    gt = random_boxes(600, height, width, seed=11, min_side=2.0, max_side=30.0)
+    check(levels, gt, chunk=1024)  # one chunk: enough pairs for the windowed search
 
 
 @pytest.mark.parametrize("topk", [1, 4, 9, 16, 30])

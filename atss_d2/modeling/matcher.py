@@ -288,6 +288,8 @@ class ATSSMatcher:
         x0, y0, sx, sy, width, height, deviation = grid
         r = self._window_radius()
         nx, ny = min(2 * r + 1, width), min(2 * r + 1, height)
+        if nx * ny <= k:  # a grid one or two cells thin: the window cannot prove anything
+            return _nearest_full(ctr, gt_ctr, k, ignored)
         num_gt = gt_ctr.shape[0]
         ctr64 = gt_ctr.double()
         # Window origin: r cells before the nearest grid point, moved inside the grid.
