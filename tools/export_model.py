@@ -19,7 +19,6 @@ import os
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
@@ -27,6 +26,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 import atss_d2
+from atss_d2.checkpoint import SafeDetectionCheckpointer
 from atss_d2.export import export_onnx, export_torchscript, instances_from_outputs
 
 logger = logging.getLogger("atss_d2.export")
@@ -88,7 +88,7 @@ def main(args):
     os.makedirs(args.output, exist_ok=True)
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        SafeDetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     else:
         logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialized model")
     model.to("cpu")  # traced on the CPU; the exported model runs anywhere

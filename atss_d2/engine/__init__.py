@@ -8,6 +8,7 @@ from .config import (
     merge_config_opts,
     validate_config,
 )
+from .predictor import SafePredictor
 from .trainer import ATSSTrainer
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "AtomicCheckpointer",
     "AtomicSaveMixin",
     "SafeAtomicCheckpointer",
+    "SafePredictor",
     "ConfigError",
     "check_num_classes",
     "merge_config_file",
