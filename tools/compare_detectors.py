@@ -361,11 +361,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     test_dataset = base.DATASETS.TEST[0]
     os.makedirs(args.out, exist_ok=True)
 
-    rows = []
-    for name in models:
-        logger.info(f"=== {name}: {base.SOLVER.MAX_ITER} iterations ===")
-        rows.append(train_and_evaluate(base, name, args.out, test_dataset))
-
     report = {
         "config_file": os.path.relpath(args.config_file, REPO),
         "overrides": list(args.opts),
@@ -375,12 +370,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         "ims_per_batch": base.SOLVER.IMS_PER_BATCH,
         "compiled_ops": has_compiled_ops(),
         "machine": machine(base.MODEL.DEVICE),
-        "results": rows,
+        "results": [],
     }
+    for name in models:
+        logger.info(f"=== {name}: {base.SOLVER.MAX_ITER} iterations ===")
+        report["results"].append(train_and_evaluate(base, name, args.out, test_dataset))
+        # Written after every model, so that an interrupted run keeps what it finished.
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(report, f, indent=2)
+    rows = report["results"]
     table = format_table(rows)
     print(f"\n{base.SOLVER.MAX_ITER} iterations each, evaluated on {test_dataset}:\n{table}")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(report, f, indent=2)
     if args.plot:
         title = f"{', '.join(base.DATASETS.TRAIN)} -> {test_dataset}, {base.SOLVER.MAX_ITER} iters"
         plot(rows, os.path.join(args.out, "compare.png"), title)
