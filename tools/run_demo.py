@@ -1,0 +1,176 @@
+#!/usr/bin/env python
+"""
+The main job on the built-in dataset (``make demo``): draw the synthetic shapes dataset (once),
+train ATSS on it from scratch on the CPU with train_net.py's Trainer, evaluate it on
+``shapes_val`` with COCOEvaluator, write annotated validation images and the training curves,
+and print where everything is, the box AP and the wall time.
+
+    python tools/run_demo.py
+    python tools/run_demo.py --config-file configs/Shapes/atss_R_18_FPN_shapes.yaml \
+        --num-vis 8 SOLVER.MAX_ITER 100 OUTPUT_DIR output/demo_short
+"""
+
+import os
+import time
+
+_START = time.perf_counter()  # the summary's wall time counts the imports below too
+# libgomp's default spin-waiting makes a two-thread torch run several times slower as soon as
+# another process competes for this machine's two cores; waiting passively costs little when
+# the cores are free. It must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import glob  # noqa: E402
+import importlib.util  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.engine import DefaultPredictor  # noqa: E402
+from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
+
+import atss_d2  # noqa: E402, F401  (registers the model and the shapes datasets)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "configs" / "Shapes" / "atss_R_18_FPN_shapes.yaml"
+logger = logging.getLogger("atss_d2.demo")
+
+
+def load_script(path: Path):
+    """Import a script of the repository (train_net.py, tools/plot_metrics.py: not part of
+    the package) as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def clear_previous_run(output_dir: str) -> None:
+    """Remove what this demo writes, so that curves and images are those of this run only
+    (detectron2's JSONWriter appends to metrics.json)."""
+    for pattern in (
+        "metrics.json",
+        "events.out.tfevents.*",
+        "training_curves.png",
+        "last_checkpoint",
+        "model_final.pth",
+    ):
+        for path in glob.glob(os.path.join(output_dir, pattern)):
+            os.remove(path)
+    for sub in ("inference", "vis"):
+        shutil.rmtree(os.path.join(output_dir, sub), ignore_errors=True)
+
+
+def visualize(cfg, dataset_name: str, out_dir: str, num_images: int, threshold: float):
+    """Write ``num_images`` images of ``dataset_name``: ground truth (left) beside the
+    predictions of ``cfg.MODEL.WEIGHTS`` with score >= ``threshold`` (right)."""
+    os.makedirs(out_dir, exist_ok=True)
+    predictor = DefaultPredictor(cfg)
+    metadata = MetadataCatalog.get(dataset_name)
+    paths = []
+    for record in DatasetCatalog.get(dataset_name)[:num_images]:
+        bgr = cv2.imread(record["file_name"])
+        instances = predictor(bgr)["instances"].to("cpu")
+        instances = instances[instances.scores >= threshold]
+        rgb = bgr[:, :, ::-1]
+        # Upscaled 3x: the images are small and the labels must stay readable.
+        gt = Visualizer(rgb, metadata, scale=3.0, instance_mode=ColorMode.SEGMENTATION)
+        gt = gt.draw_dataset_dict(record).get_image()
+        pred = Visualizer(rgb, metadata, scale=3.0, instance_mode=ColorMode.SEGMENTATION)
+        pred = pred.draw_instance_predictions(instances).get_image()
+        gap = np.full((gt.shape[0], 6, 3), 255, np.uint8)
+        path = os.path.join(out_dir, "val_" + os.path.basename(record["file_name"]))
+        cv2.imwrite(path, np.concatenate([gt, gap, pred], axis=1)[:, :, ::-1])
+        paths.append(path)
+    return paths
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description="Train, evaluate and visualise ATSS on shapes.")
+    parser.add_argument("--config-file", default=str(DEFAULT_CONFIG), metavar="FILE")
+    parser.add_argument("--num-vis", type=int, default=16, help="validation images to draw")
+    parser.add_argument(
+        "--vis-threshold", type=float, default=0.4, help="score threshold of the drawn predictions"
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def dataset_files(name: str) -> str:
+    """Where a registered dataset's json is (known once it was loaded)."""
+    return MetadataCatalog.get(name).get("json_file", f"(registered as {name!r})")
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    train_net = load_script(ROOT / "train_net.py")
+    plot_metrics = load_script(ROOT / "tools" / "plot_metrics.py").plot_metrics
+    cfg = train_net.setup(
+        train_net.get_parser().parse_args(["--config-file", args.config_file, *args.opts])
+    )
+    logging.getLogger("atss_d2").setLevel(logging.INFO)
+    output_dir = cfg.OUTPUT_DIR
+    clear_previous_run(output_dir)
+
+    # 1. The dataset: drawn on first use (the built-in shapes), then read from disk.
+    t = time.perf_counter()
+    for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
+        logger.info(f"Dataset {name}: {len(DatasetCatalog.get(name))} images")
+    data_s = time.perf_counter() - t
+
+    # 2. Training; detectron2's EvalHook evaluates on DATASETS.TEST when it ends.
+    t = time.perf_counter()
+    trainer = train_net.Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    train_s = time.perf_counter() - t
+    results = getattr(trainer, "_last_eval_results", None) or {}
+    del trainer
+
+    # 3. Pictures: annotated validation images and the training curves.
+    t = time.perf_counter()
+    vis_cfg = cfg.clone()
+    vis_cfg.defrost()
+    vis_cfg.MODEL.WEIGHTS = os.path.join(output_dir, "model_final.pth")
+    vis_dir = os.path.join(output_dir, "vis")
+    vis_paths = visualize(vis_cfg, cfg.DATASETS.TEST[0], vis_dir, args.num_vis, args.vis_threshold)
+    curves = plot_metrics(output_dir)
+    vis_s = time.perf_counter() - t
+
+    total_s = time.perf_counter() - _START
+    test_name = cfg.DATASETS.TEST[0]
+    bbox = results.get(test_name, results).get("bbox", {})
+    others = ", ".join(
+        f"{k} {bbox[k]:.1f}"
+        for k in ("AP50", "AP75", "APs", "APm", "APl")
+        if k in bbox and not math.isnan(bbox[k])
+    )
+    lines = [
+        "",
+        "=" * 78,
+        "ATSS demo: done",
+        f"  train data     {', '.join(dataset_files(n) for n in cfg.DATASETS.TRAIN)}",
+        f"  test data      {dataset_files(test_name)}",
+        f"  run directory  {os.path.abspath(output_dir)}/",
+        f"    config.yaml, log.txt, metrics.json, inference/ (COCO results), model_final.pth",
+        f"  curves         {curves}",
+        f"  images         {len(vis_paths)} in {vis_dir}/ (left: ground truth, right: "
+        f"detections with score >= {args.vis_threshold})",
+        f"  box AP         {bbox.get('AP', float('nan')):.1f} on {test_name} (COCO AP@[.5:.95]); "
+        + others,
+        f"  wall time      {total_s / 60:.1f} min ({total_s:.0f} s, from start-up): data "
+        f"{data_s:.0f} s, training + evaluation {train_s:.0f} s, pictures {vis_s:.0f} s; "
+        f"{torch.get_num_threads()} torch threads",
+        "=" * 78,
+    ]
+    print("\n".join(lines), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
