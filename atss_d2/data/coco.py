@@ -59,7 +59,9 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
     except UnicodeDecodeError as e:
         raise ValueError(f"{json_file}: not a UTF-8 text file ({e})") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{json_file}: the top level must be a JSON object, got {type(data).__name__}")
+        raise ValueError(
+            f"{json_file}: the top level must be a JSON object, got {type(data).__name__}"
+        )
 
     for key in ("images", "categories"):
         if key not in data:

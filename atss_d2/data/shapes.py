@@ -166,7 +166,9 @@ def draw_image(spec: ShapesSpec, index: int) -> Tuple[np.ndarray, List[dict]]:
             mask = _shape_mask(cls, tuple(int(v) for v in box), variant, h, w)
             # Later objects are drawn on top: every earlier one must stay mostly visible.
             covered = label_map[mask]
-            visible_after = [(label_map == j).sum() - (covered == j).sum() for j in range(len(masks))]
+            visible_after = [
+                (label_map == j).sum() - (covered == j).sum() for j in range(len(masks))
+            ]
             if any(v < (1 - spec.max_occluded) * m.sum() for v, m in zip(visible_after, masks)):
                 continue
             overlapping = [colors[j] for j in np.unique(covered) if j >= 0]
@@ -237,13 +239,15 @@ def generate_shapes(root: os.PathLike, split: str, spec: Optional[ShapesSpec] = 
     """
     if spec is None:
         if split not in SHAPES_SPLITS:
-            raise ValueError(f"Unknown shapes split {split!r}; expected one of {sorted(SHAPES_SPLITS)}")
+            raise ValueError(
+                f"Unknown shapes split {split!r}; expected one of {sorted(SHAPES_SPLITS)}"
+            )
         spec = SHAPES_SPLITS[split]
     out_dir = Path(root) / split
     if _is_current(out_dir / "annotations.json", spec):
         return out_dir
 
-    logger.info(f"Writing the shapes dataset split {split!r} ({spec.num_images} images) to {out_dir}")
+    logger.info(f"Writing shapes split {split!r} ({spec.num_images} images) to {out_dir}")
     tmp_dir = Path(root) / f".{split}.tmp-{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     (tmp_dir / "images").mkdir(parents=True)
