@@ -216,10 +216,9 @@ def train_and_evaluate(base: CfgNode, name: str, out_dir: str, test_dataset: str
     eval_cfg.DATASETS.TEST = (test_dataset,)
     eval_cfg.freeze()
     start = time.perf_counter()
-    evaluator = CompareTrainer.build_evaluator(
-        eval_cfg, test_dataset, os.path.join(cfg.OUTPUT_DIR, "inference")
-    )
-    results = CompareTrainer.test(eval_cfg, trainer.model, [evaluator])
+    # The evaluator is built by test() after the test loader has loaded the dataset (which sets
+    # the shapes datasets' metadata json_file; an evaluator built first would set another one).
+    results = CompareTrainer.test(eval_cfg, trainer.model)
     eval_s = time.perf_counter() - start
 
     iter_times = [t for t, _ in trainer.storage.history("time").values()]
