@@ -262,14 +262,17 @@ def plot(rows: List[Dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Metrics the ground truth leaves undefined (NaN for every model, e.g. APl without large
+    # objects) are left out rather than drawn as 0.
+    metrics = [k for k in METRICS if any(not math.isnan(r[k]) for r in rows)]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
-        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(METRICS))]
-        values = [0.0 if math.isnan(r[k]) else r[k] for k in METRICS]
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(metrics))]
+        values = [0.0 if math.isnan(r[k]) else r[k] for k in metrics]
         bars = ax.bar(xs, values, width, label=f"{r['model']} ({r['train_s']:.0f} s)")
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(len(METRICS)), METRICS)
+    ax.set_xticks(range(len(metrics)), metrics)
     ax.set_ylabel("COCO AP (%)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
