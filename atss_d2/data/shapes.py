@@ -125,8 +125,9 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
     if iw <= 0 or ih <= 0:
         return 0.0
     inter = iw * ih
-    area = lambda x: (x[2] - x[0] + 1) * (x[3] - x[1] + 1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
+    area_a = (a[2] - a[0] + 1) * (a[3] - a[1] + 1)
+    area_b = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+    return inter / (area_a + area_b - inter)
 
 
 def draw_image(spec: ShapesSpec, index: int) -> Tuple[np.ndarray, List[dict]]:
