@@ -6,6 +6,7 @@ Run an ATSS model on images and write them with the detections drawn.
         --input img1.png img2.png --output out/ \
         --opts MODEL.WEIGHTS output/demo/model_final.pth
 """
+
 import argparse
 import glob
 import logging
@@ -16,15 +17,14 @@ from typing import List
 
 import cv2
 import numpy as np
-
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 import atss_d2
+from atss_d2.engine import SafePredictor
 
 
 class UnreadableImageError(ValueError):
@@ -45,16 +45,22 @@ def get_parser():
     parser = argparse.ArgumentParser(description="atss_d2 demo: draw ATSS detections on images")
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
     parser.add_argument(
-        "--input", nargs="+", required=True,
+        "--input",
+        nargs="+",
+        required=True,
         help="image files or glob patterns, e.g. 'dir/*.png' (quoted)",
     )
     parser.add_argument("--output", required=True, help="directory for the annotated images")
     parser.add_argument(
-        "--confidence-threshold", type=float, default=0.5,
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
         help="minimum score of the drawn detections",
     )
     parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER,
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth",
     )
     return parser
@@ -100,7 +106,7 @@ def main(argv=None) -> List[str]:
     inputs = expand_inputs(args.input)
     images = [load_image(path) for path in inputs]  # fail before building the model
     cfg = setup_cfg(args)
-    predictor = DefaultPredictor(cfg)
+    predictor = SafePredictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused")
     # Class colours when the dataset defines them, otherwise detectron2's random ones.
     mode = ColorMode.SEGMENTATION if metadata.get("thing_colors") else ColorMode.IMAGE

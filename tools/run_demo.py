@@ -32,11 +32,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.engine import DefaultPredictor  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
 import atss_d2  # noqa: E402, F401  (registers the model and the shapes datasets)
+from atss_d2.engine import SafePredictor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "Shapes" / "atss_R_18_FPN_shapes.yaml"
@@ -72,7 +72,7 @@ def visualize(cfg, dataset_name: str, out_dir: str, num_images: int, threshold: 
     """Write ``num_images`` images of ``dataset_name``: ground truth (left) beside the
     predictions of ``cfg.MODEL.WEIGHTS`` with score >= ``threshold`` (right)."""
     os.makedirs(out_dir, exist_ok=True)
-    predictor = DefaultPredictor(cfg)
+    predictor = SafePredictor(cfg)
     metadata = MetadataCatalog.get(dataset_name)
     paths = []
     for record in DatasetCatalog.get(dataset_name)[:num_images]:
@@ -159,7 +159,7 @@ def main(argv=None):
         f"  train data     {', '.join(dataset_files(n) for n in cfg.DATASETS.TRAIN)}",
         f"  test data      {dataset_files(test_name)}",
         f"  run directory  {os.path.abspath(output_dir)}/",
-        f"    config.yaml, log.txt, metrics.json, inference/ (COCO results), model_final.pth",
+        "    config.yaml, log.txt, metrics.json, inference/ (COCO results), model_final.pth",
         f"  curves         {curves}",
         f"  images         {len(vis_paths)} in {vis_dir}/ (left: ground truth, right: "
         f"detections with score >= {args.vis_threshold})",
