@@ -4,6 +4,8 @@
 ``build_atss_resnet_fpn_backbone`` backbone with detectron2's registries, and the built-in
 ``shapes_train`` / ``shapes_val`` datasets (drawn on first use).
 """
+
+from . import data  # noqa: F401  (registration: shapes_train, shapes_val)
 from .config import add_atss_config
 from .modeling import (  # noqa: F401  (registration)
     ATSS,
@@ -14,8 +16,15 @@ from .modeling import (  # noqa: F401  (registration)
     ATSSWithTTA,
     build_atss_resnet_fpn_backbone,
 )
-from . import data  # noqa: F401  (registration: shapes_train, shapes_val)
 
 __version__ = "0.1.0"
-__all__ = ["add_atss_config", "ATSS", "ATSSHead", "ATSSMatcher", "ATSSBoxCoder", "ATSSPointCoder",
-           "ATSSWithTTA", "build_atss_resnet_fpn_backbone"]
+__all__ = [
+    "add_atss_config",
+    "ATSS",
+    "ATSSHead",
+    "ATSSMatcher",
+    "ATSSBoxCoder",
+    "ATSSPointCoder",
+    "ATSSWithTTA",
+    "build_atss_resnet_fpn_backbone",
+]

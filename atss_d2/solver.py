@@ -1,4 +1,5 @@
 """The optimizer of ``SOLVER.OPTIMIZER``: detectron2's SGD, or AdamW for short from-scratch runs."""
+
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver import build_optimizer as build_sgd_optimizer

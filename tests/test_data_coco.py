@@ -1,4 +1,5 @@
 """register_coco_dataset checks a COCO json before registering it; errors name the problem."""
+
 import json
 import uuid
 

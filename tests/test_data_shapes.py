@@ -1,4 +1,5 @@
 """The synthetic shapes dataset: deterministic, and with the properties it promises."""
+
 import itertools
 import json
 from dataclasses import replace

@@ -1,4 +1,5 @@
 """demo/demo.py writes one annotated image per input, of the input's size; bad inputs are named."""
+
 import importlib.util
 from pathlib import Path
 

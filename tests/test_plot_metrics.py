@@ -1,4 +1,5 @@
 """tools/plot_metrics.py: a PNG of the curves from a metrics.json; clear errors without one."""
+
 import importlib.util
 import json
 import subprocess

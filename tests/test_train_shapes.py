@@ -1,6 +1,7 @@
 """A few dozen CPU iterations of the shapes config on a tiny generated set: the loss falls and
 COCO evaluation gives a finite AP; train_net.py trains on it through --coco-dataset; the demo
 script runs end to end."""
+
 import importlib.util
 import json
 import math

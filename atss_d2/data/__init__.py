@@ -5,6 +5,7 @@ Datasets: the built-in synthetic "shapes" dataset and registration of COCO-forma
 lazy: the images are drawn (once, then reused from disk) the first time the dataset is loaded,
 under ``$ATSS_D2_DATASETS/shapes`` or, by default, ``datasets/shapes`` at the repository root.
 """
+
 import os
 from pathlib import Path
 from typing import Dict, List, Optional

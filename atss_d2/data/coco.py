@@ -1,4 +1,5 @@
 """Register any COCO-format detection dataset with detectron2, after checking its json."""
+
 import json
 import logging
 import os

@@ -8,6 +8,7 @@ aspect ratio (about 1:2.5 to 2.5:1), colour and position, may overlap (bounded, 
 object stays mostly visible), and some images hold no object at all. Boxes are the tight boxes
 of each object's own pixels (amodal: an occluded object keeps its full box), so they are exact.
 """
+
 import json
 import logging
 import os
