@@ -118,6 +118,35 @@ def test_candidate_ranking_cls_vs_cls_ctr():
         make_atss(candidate_ranking="ctr")
 
 
+@pytest.mark.parametrize("ranking", ["cls", "cls_ctr"])
+def test_topk_matches_a_sort_of_the_pairs_above_threshold(ranking):
+    """Many candidates, half of them below the threshold, some with a high p_cls * p_ctr but a
+    p_cls under the threshold: the kept pairs are the first k of a plain sort of the pairs whose
+    p_cls is above the threshold, whatever the ranking key."""
+    g = torch.Generator().manual_seed(0)
+    num = 200
+    p_cls = torch.rand(num, K, generator=g) * 0.1  # around the 0.05 threshold
+    p_ctr = torch.rand(num, 1, generator=g)
+    p_ctr[::7] = 0.999  # high p_cls * p_ctr for some pairs below the threshold
+    entries = [
+        (box(i), {c: float(p_cls[i, c]) for c in range(K)}, float(p_ctr[i])) for i in range(num)
+    ]
+    k = 50
+    model = make_atss(
+        test_topk_candidates=k, candidate_ranking=ranking, max_detections_per_image=1000
+    )
+    r = infer(model, [level(entries)], image_size=(1000, 20 * num))
+
+    def key(pair):
+        i, c = pair
+        return p_cls[i, c] if ranking == "cls" else p_cls[i, c] * p_ctr[i, 0]
+
+    above = [(i, c) for i in range(num) for c in range(K) if p_cls[i, c] > 0.05]
+    assert len(above) > k
+    expected = sorted(above, key=key, reverse=True)[:k]
+    assert as_set(r) == {(tuple(box(i)), c) for i, c in expected}
+
+
 def test_score_modes():
     entries = [(box(0), {0: 0.8}, 0.2), (box(1), {2: 0.3}, 0.9)]
     r = infer(make_atss(score_mode="sqrt"), [level(entries)])
