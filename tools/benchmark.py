@@ -29,9 +29,9 @@ What is compared (all random weights, R-50-FPN, P3-P7, 80 classes):
   set to 0 so that every model keeps its full top 1000 per level and NMS sees the same load; with
   ``--scores prior`` the weights stay as initialised (p_cls ~ 0.01: ATSS and RetinaNet keep
   nothing, FCOS keeps everything, so post-processing differs).
-- Padding: each model as it ships: ATSS pads to 32 (both references), detectron2's models to
-  128 (P7's stride). Row ``atss_pad128`` runs ATSS padded like detectron2, for a pixel-for-pixel
-  comparison.
+- Padding: all three pad the image to a multiple of 32, as they ship (ATSS as both references;
+  detectron2 0.6's ``FPN.size_divisibility`` is the stride of its last *input* feature, res5):
+  the same 800x1344 tensor for 800x1333. The JSON records each model's padded input shape.
 - Training: SGD step (forward, backward, optimizer step) on the same batch, ``--num-gt`` random
   boxes per image. ``label_anchors`` is timed inside the step (with a device sync around it).
 - Peak memory: CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated before (model,
@@ -96,11 +96,9 @@ def base_cfg(device: str):
     return cfg
 
 
-def build_atss(cfg, pad: int = 32):
+def build_atss(cfg):
     from atss_d2 import ATSS
 
-    cfg = cfg.clone()
-    cfg.MODEL.ATSS.SIZE_DIVISIBILITY = pad
     timed = type("TimedATSS", (_TimedLabelAnchors, ATSS), {})
     return timed(cfg)
 
@@ -173,15 +171,13 @@ def dense_scores(model: nn.Module) -> None:
 
 BUILDERS: Dict[str, Callable] = {
     "atss": build_atss,
-    "atss_pad128": lambda cfg: build_atss(cfg, pad=128),
     "retinanet": build_retinanet,
     "fcos": build_fcos,
 }
 DESCRIPTIONS = {
-    "atss": "atss_d2 ATSS, P6 from P5, pad 32",
-    "atss_pad128": "atss_d2 ATSS, P6 from P5, pad 128",
-    "retinanet": "detectron2 RetinaNet (stock), P6 from res5, pad 128",
-    "fcos": "detectron2 FCOS (GN head), P6 from P5, pad 128",
+    "atss": "atss_d2 ATSS, P6 from P5",
+    "retinanet": "detectron2 RetinaNet (stock), P6 from res5",
+    "fcos": "detectron2 FCOS (GN head), P6 from P5",
 }
 
 
@@ -368,7 +364,6 @@ def plot(result: dict, path: str) -> None:
     ]
     colors = {
         "atss": "tab:green",
-        "atss_pad128": "tab:olive",
         "retinanet": "tab:blue",
         "fcos": "tab:orange",
     }
@@ -452,8 +447,6 @@ def main(argv=None) -> int:
         if args.scores == "dense":
             dense_scores(model)
         models[name] = model
-    if "atss_pad128" in models and "atss" in models:
-        models["atss_pad128"].load_state_dict(models["atss"].state_dict())
 
     sizes = [parse_size(s) for s in args.sizes]
     train_size = parse_size(args.train_size)
@@ -487,6 +480,8 @@ def main(argv=None) -> int:
                 "median_ms": 1000 * median(times[name]),
             }
             entry["detections"] = len(fn()[0]["instances"])
+            with torch.no_grad():
+                entry["padded_input"] = list(models[name].preprocess_image(inputs).tensor.shape)
             entry["memory"] = ({} if args.no_memory else peak_memory(fn, device)) or {
                 "extra_mib": float("nan")
             }
@@ -496,7 +491,7 @@ def main(argv=None) -> int:
         inputs = _to_device(
             make_inputs(train_size, args.batch, args.num_gt, args.seed + 1, True), device
         )
-        train_models = {k: m for k, m in models.items() if k != "atss_pad128"}
+        train_models = models
         steps = {k: TrainStep(m, inputs) for k, m in train_models.items()}
         times, label = round_robin(
             steps,
@@ -530,9 +525,6 @@ def main(argv=None) -> int:
             if "atss" in table and base in table:
                 value = ratio(table["atss"]["median_ms"], table[base]["median_ms"])
                 ratios.append(((what, base), TARGETS.get((what, base)), value))
-                if what == "inference" and "atss_pad128" in table:
-                    value = ratio(table["atss_pad128"]["median_ms"], table[base]["median_ms"])
-                    ratios.append((("inference (ATSS pad 128)", base), None, value))
         for what, table in (
             ("inference memory", result["inference"].get(key, {})),
             ("train memory", result["train"]),

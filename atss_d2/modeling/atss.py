@@ -25,13 +25,12 @@ __all__ = ["ATSS"]
 logger = logging.getLogger(__name__)
 
 
-def _put_scalars(**values):
-    """Log statistics when an EventStorage is active (always during training with a trainer)."""
+def _event_storage():
+    """The active EventStorage (always there during training with a trainer), or None."""
     try:
-        storage = get_event_storage()
+        return get_event_storage()
     except AssertionError:
-        return
-    storage.put_scalars(**values)
+        return None
 
 
 @META_ARCH_REGISTRY.register()
@@ -201,32 +200,32 @@ class ATSS(DenseDetector):
             matched_gt_boxes: per image, Tensor (R, 4): the matched GT box (meaningful for
                 positives only).
         """
-        num_anchors = sum(len(a) for a in anchors)
-        gt_labels, matched_boxes, num_pos, thresholds = [], [], [], []
-        for instances in gt_instances:
-            result = self.matcher.match(anchors, instances.gt_boxes)
-            matches = result.matches
-            if len(instances) > 0:
-                labels = instances.gt_classes[matches.clamp(min=0)].clone()
-                boxes = instances.gt_boxes.tensor[matches.clamp(min=0)]
-                thresholds.append(result.thresholds)
-            else:
-                labels = matches.new_zeros(num_anchors)
-                boxes = torch.zeros(num_anchors, 4, device=matches.device)
-            labels[matches == ATSSMatcher.BACKGROUND] = self.num_classes
-            labels[matches == ATSSMatcher.IGNORE] = -1
-            gt_labels.append(labels)
-            matched_boxes.append(boxes)
-            num_pos.append((matches >= 0).sum())
-        thresholds = torch.cat(thresholds) if thresholds else None
-        _put_scalars(
-            **{"atss/num_pos_per_image": torch.stack(num_pos).float().mean().item()},
-            **(
-                {"atss/iou_threshold_mean": thresholds.mean().item()}
-                if thresholds is not None and len(thresholds)
-                else {}
-            ),
-        )
+        matches, thresholds = self.matcher.match_batch(anchors, [x.gt_boxes for x in gt_instances])
+        # (N, R) GT indices within each image -> indices into the batch's concatenated GTs.
+        counts = [len(x) for x in gt_instances]
+        first = torch.tensor([0] + counts[:-1], dtype=torch.long).cumsum(0)
+        first = first.to(matches.device, non_blocking=True)
+        positive = matches >= 0
+        if sum(counts) > 0:
+            idx = torch.where(positive, matches + first[:, None], 0)
+            classes = torch.cat([x.gt_classes for x in gt_instances])
+            labels = classes.to(matches.device)[idx]
+            boxes = torch.cat([x.gt_boxes.tensor for x in gt_instances])[idx]
+        else:
+            labels = torch.zeros_like(matches)
+            boxes = torch.zeros(*matches.shape, 4, device=matches.device)
+        labels = torch.where(positive, labels, self.num_classes)
+        labels = torch.where(matches == ATSSMatcher.IGNORE, -1, labels)
+        storage = _event_storage()
+        if storage is not None:
+            # One device-to-host copy for both statistics.
+            stats = [positive.sum(dim=1).float().mean()]
+            thresholds = torch.cat(thresholds)
+            if len(thresholds):
+                stats.append(thresholds.mean())
+            names = ["atss/num_pos_per_image", "atss/iou_threshold_mean"]
+            storage.put_scalars(**dict(zip(names, torch.stack(stats).tolist())))
+        gt_labels, matched_boxes = list(labels.unbind(0)), list(boxes.unbind(0))
         return gt_labels, matched_boxes
 
     def losses(self, anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ctr):

@@ -152,47 +152,106 @@ class ATSSMatcher:
         gt = _as_tensor(gt_boxes)
         if len(level_tensors) == 0:
             return MatchResult(torch.empty(0, dtype=torch.long, device=gt.device), gt.new_zeros(0))
+        ignored = None
+        if ignore_boxes is not None and len(ignore_boxes) > 0:
+            anchors = torch.cat(level_tensors, dim=0)
+            if len(anchors) > 0:
+                ignored = self._ignored_anchors(anchors, _as_tensor(ignore_boxes).to(anchors))
+        matches, thresholds = self._match_images(level_tensors, [gt], ignored)
+        return MatchResult(matches[0], thresholds)
+
+    @torch.no_grad()
+    def match_batch(
+        self, anchors_per_level: List[Boxes], gt_boxes_per_image: List[Boxes]
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """
+        ``match`` for several images that share the anchors (one padded batch), with the GTs of
+        all images processed together: the same results as one ``match`` per image, in a number
+        of ops that does not grow with the batch size (on a GPU, each op is a kernel launch).
+
+        Returns:
+            matches: LongTensor (N, sum A_l): per image, as ``match`` (GT indices within the
+                image, -1 background).
+            thresholds: per image, Tensor (G_i,).
+        """
+        level_tensors = [_as_tensor(a) for a in anchors_per_level]
+        gts = [_as_tensor(g) for g in gt_boxes_per_image]
+        if len(level_tensors) == 0:
+            device = gts[0].device if gts else None
+            empty = torch.empty(len(gts), 0, dtype=torch.long, device=device)
+            return empty, [g.new_zeros(0) for g in gts]
+        matches, thresholds = self._match_images(level_tensors, gts, None)
+        return matches, list(thresholds.split([len(g) for g in gts]))
+
+    def _match_images(
+        self, level_tensors: List[Tensor], gts: List[Tensor], ignored: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor]:
+        """
+        Core of ``match`` / ``match_batch``: the GTs of all images, concatenated, go through
+        the selection in chunks (each GT's candidates and threshold depend only on the anchors
+        and that GT); the best GT per anchor is resolved per (image, anchor) pair.
+
+        Returns:
+            matches: LongTensor (N, A) of GT indices within each image; thresholds: (sum G_i,).
+        """
         device = level_tensors[0].device
         anchors = torch.cat(level_tensors, dim=0)
+        num_images, num_anchors = len(gts), anchors.shape[0]
+        gt_counts = [len(g) for g in gts]
+        num_gt = sum(gt_counts)
+        gt = torch.cat(gts, dim=0) if gts else anchors.new_zeros(0, 4)
         gt = gt.to(device=device, dtype=anchors.dtype)
-        num_anchors, num_gt = anchors.shape[0], gt.shape[0]
-        matches = torch.full((num_anchors,), self.BACKGROUND, dtype=torch.long, device=device)
+        matches = torch.full(
+            (num_images * num_anchors,), self.BACKGROUND, dtype=torch.long, device=device
+        )
         thresholds = anchors.new_zeros(num_gt)
-
-        ignored = None
-        if ignore_boxes is not None and len(ignore_boxes) > 0 and num_anchors > 0:
-            ignored = self._ignored_anchors(anchors, _as_tensor(ignore_boxes).to(anchors))
-        if num_anchors == 0 or num_gt == 0:
-            if ignored is not None:
-                matches[ignored] = self.IGNORE
-            return MatchResult(matches, thresholds)
-
-        anchor_ctr = _centers(anchors)  # (A, 2)
-        anchor_area = _areas(anchors)  # (A,)
-        level_sizes = [len(t) for t in level_tensors]
-        grids = self._level_grids(anchor_ctr, level_sizes, min(num_gt, self.gt_chunk_size))
-        # Best (priority-adjusted) IoU of each anchor over the GTs it is positive for so far.
-        best = anchors.new_full((num_anchors,), float("-inf"))
-        for start in range(0, num_gt, self.gt_chunk_size):
-            chunk = gt[start : start + self.gt_chunk_size]  # (Gc, 4)
-            cand, cand_iou, positive, thr = self._select(
-                chunk, anchors, anchor_ctr, anchor_area, level_sizes, grids, ignored
+        if num_anchors > 0 and num_gt > 0:
+            # Per GT: the offset of its image's anchors in the flat (N * A) arrays, and its
+            # index within its image; built on the host and copied without waiting for the
+            # device (a blocking host-to-device copy would synchronise the stream).
+            image_of_gt = torch.repeat_interleave(
+                torch.arange(num_images), torch.tensor(gt_counts, dtype=torch.long)
             )
-            thresholds[start : start + len(chunk)] = thr
-            score = cand_iou
-            if self.force_one_positive:
-                score = cand_iou.clone()
-                orphan = ~positive.any(dim=0)  # (Gc,)
-                best_iou, best_idx = cand_iou.max(dim=0)
-                orphan &= best_iou > 0
-                cols = orphan.nonzero().squeeze(1)
-                positive[best_idx[cols], cols] = True
-                # forced pairs take precedence over ordinary ones (IoU <= 1 < 1 + IoU)
-                score[best_idx[cols], cols] += 1.0
-            self._update_best(matches, best, cand, score, positive, start)
+            first_gt = torch.tensor([0] + gt_counts[:-1], dtype=torch.long).cumsum(0)
+            anchor_offset = (image_of_gt * num_anchors).to(device, non_blocking=True)
+            local_index = (torch.arange(num_gt) - first_gt[image_of_gt]).to(device, non_blocking=True)
+
+            anchor_ctr = _centers(anchors)  # (A, 2)
+            anchor_area = _areas(anchors)  # (A,)
+            level_sizes = [len(t) for t in level_tensors]
+            grids = self._level_grids(anchor_ctr, level_sizes, min(num_gt, self.gt_chunk_size))
+            # Best (priority-adjusted) IoU of each (image, anchor) over the GTs it is positive
+            # for so far.
+            best = anchors.new_full((num_images * num_anchors,), float("-inf"))
+            for start in range(0, num_gt, self.gt_chunk_size):
+                chunk = gt[start : start + self.gt_chunk_size]  # (Gc, 4)
+                stop = start + len(chunk)
+                cand, cand_iou, positive, thr = self._select(
+                    chunk, anchors, anchor_ctr, anchor_area, level_sizes, grids, ignored
+                )
+                thresholds[start:stop] = thr
+                score = cand_iou
+                if self.force_one_positive:
+                    score = cand_iou.clone()
+                    orphan = ~positive.any(dim=0)  # (Gc,)
+                    best_iou, best_idx = cand_iou.max(dim=0)
+                    orphan &= best_iou > 0
+                    cols = orphan.nonzero().squeeze(1)
+                    positive[best_idx[cols], cols] = True
+                    # forced pairs take precedence over ordinary ones (IoU <= 1 < 1 + IoU)
+                    score[best_idx[cols], cols] += 1.0
+                self._update_best(
+                    matches,
+                    best,
+                    cand + anchor_offset[start:stop],
+                    score,
+                    positive,
+                    local_index[start:stop],
+                )
+        matches = matches.view(num_images, num_anchors)
         if ignored is not None:
-            matches[ignored & (matches < 0)] = self.IGNORE
-        return MatchResult(matches, thresholds)
+            matches[(matches < 0) & ignored] = self.IGNORE
+        return matches, thresholds
 
     def _select(self, chunk, anchors, anchor_ctr, anchor_area, level_sizes, grids, ignored):
         """
@@ -236,10 +295,15 @@ class ATSSMatcher:
         wh = wh.clamp(min=0)
         overlap = wh[..., 0] * wh[..., 1]
         cand_iou = overlap / (anchor_area[cand] + gt_area - overlap).clamp(min=_IOU_EPS)
-        mean = cand_iou.mean(dim=0)
+        # Statistics per GT along a contiguous row: each GT's C IoUs are reduced in the same
+        # order wherever it sits in the chunk (a reduction over dim 0 can round the last bit
+        # differently by column position), so thresholds do not depend on which other GTs,
+        # or images, share the chunk.
+        rows = cand_iou.t().contiguous()  # (Gc, C)
+        mean = rows.mean(dim=1)
         # Bessel-corrected std; a single candidate (one anchor in the whole image) has no
         # spread, so its std is taken as 0 rather than NaN.
-        std = cand_iou.std(dim=0) if cand.shape[0] > 1 else torch.zeros_like(mean)
+        std = rows.std(dim=1) if cand.shape[0] > 1 else torch.zeros_like(mean)
         thr = mean + std
         positive = cand_iou >= thr[None, :]
         # Candidate centres strictly inside the GT: min(l, t, r, b) > eps.
@@ -331,19 +395,24 @@ class ATSSMatcher:
         return idx
 
     @staticmethod
-    def _update_best(matches, best, cand, score, positive, gt_offset):
-        """Assign each positive anchor of this chunk to its best GT, keeping earlier chunks'
-        assignments on exact ties (they have lower GT indices). Dense over the (C, Gc) pairs,
-        without boolean indexing, so that no step waits for the GPU."""
+    def _update_best(matches, best, cand, score, positive, gt_index):
+        """
+        Assign each positive (image, anchor) of this chunk to its best GT, keeping earlier
+        chunks' assignments on exact ties (they have lower GT indices). Dense over the (C, Gc)
+        pairs, without boolean indexing, so that no step waits for the GPU.
+
+        Args:
+            matches, best: (N * A,) flat over images; cand: LongTensor (C, Gc) of indices into
+            them; score, positive: (C, Gc); gt_index: (Gc,) each GT's index within its image.
+        """
         flat_idx = cand.reshape(-1)  # (C * Gc,)
         flat_pos = positive.reshape(-1)
         values = torch.where(flat_pos, score.reshape(-1), float("-inf"))
         chunk_best = torch.full_like(best, float("-inf"))
         chunk_best.scatter_reduce_(0, flat_idx, values, reduce="amax")
         never = torch.iinfo(torch.long).max
-        gt_idx = torch.arange(cand.shape[1], device=cand.device) + gt_offset
         winner = flat_pos & (values == chunk_best[flat_idx])
-        winner_gt = torch.where(winner, gt_idx.expand_as(cand).reshape(-1), never)
+        winner_gt = torch.where(winner, gt_index.expand_as(cand).reshape(-1), never)
         chunk_gt = torch.full_like(matches, never)
         chunk_gt.scatter_reduce_(0, flat_idx, winner_gt, reduce="amin")
         improved = chunk_best > best
