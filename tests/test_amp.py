@@ -1,39 +1,18 @@
 """Mixed precision: the head runs in low precision, the losses in float32."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.engine import AMPTrainer
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from tiny_setup import small_cfg
 from torch import nn
-
-from atss_d2 import add_atss_config
-
-BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "Base-ATSS.yaml"
 
 
 def tiny_cfg(device):
-    cfg = get_cfg()
-    add_atss_config(cfg)
-    cfg.merge_from_file(str(BASE_CONFIG))
-    # fmt: off
-    cfg.merge_from_list([
-        "MODEL.DEVICE", device,
-        "MODEL.RESNETS.DEPTH", 18,
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-        "MODEL.FPN.OUT_CHANNELS", 64,
-        "MODEL.ATSS.NUM_CONVS", 1,
-        "MODEL.ATSS.NUM_CLASSES", 3,
-        "SOLVER.AMP.ENABLED", True,
-        "SOLVER.BASE_LR", 0.01,
-    ])
-    # fmt: on
-    return cfg
+    return small_cfg("SOLVER.AMP.ENABLED", True, "SOLVER.BASE_LR", 0.01, device=device)
 
 
 def batch(seed=0):

@@ -11,6 +11,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from tiny_setup import SMALL_MODEL_OPTS
 
 from atss_d2 import add_atss_config
 from atss_d2.export import export_onnx, instances_from_outputs
@@ -24,10 +25,7 @@ OUTPUT_NAMES = ["pred_boxes", "pred_classes", "scores", "image_size"]
 # fmt: off
 TINY_OPTS = [
     "MODEL.DEVICE", "cpu",
-    "MODEL.RESNETS.DEPTH", 18,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-    "MODEL.FPN.OUT_CHANNELS", 64,
-    "MODEL.ATSS.NUM_CONVS", 1,
+    *SMALL_MODEL_OPTS,
     "MODEL.ATSS.NUM_CLASSES", 3,
     "MODEL.ATSS.PRIOR_PROB", 0.3,
     "MODEL.ATSS.TOPK_CANDIDATES_TEST", 300,

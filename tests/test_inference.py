@@ -223,24 +223,10 @@ def test_no_detection():
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_model():
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
+    from tiny_setup import small_cfg
 
-    from atss_d2 import add_atss_config
-
-    cfg = get_cfg()
-    add_atss_config(cfg)
-    cfg.merge_from_file("configs/Base-ATSS.yaml")
-    cfg.merge_from_list(
-        [
-            "MODEL.DEVICE", "cpu",
-            "MODEL.RESNETS.DEPTH", 18,
-            "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-            "MODEL.FPN.OUT_CHANNELS", 64,
-            "MODEL.ATSS.NUM_CONVS", 1,
-            "MODEL.ATSS.NUM_CLASSES", K,
-        ]
-    )  # fmt: skip
+    cfg = small_cfg(num_classes=K)
     torch.manual_seed(0)
     model = build_model(cfg)
     # p_cls ~ 0.5 everywhere (instead of the 0.01 prior) so that there are detections

@@ -5,8 +5,6 @@ and distance matrices, topk over whole columns), including crowded images full o
 GT centres on or beyond the border, ignore regions and anchors that are not on a grid.
 """
 
-import time
-
 import pytest
 import torch
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
@@ -62,9 +60,11 @@ def exhaustive(levels, gt, topk=9, ignored=None):
     cand_iou = iou.gather(0, cand)
     # mean + std of each GT's own candidates (a 1-D reduction per GT: the last bit of a
     # reduction over dim 0 of the (C, G) matrix can depend on the column's position).
-    thr = torch.stack(
-        [c.mean() + (c.std() if len(c) > 1 else 0) for c in cand_iou.t().contiguous()]
-    ) if num_gt else cand_iou.new_zeros(0)
+    thr = (
+        torch.stack([c.mean() + (c.std() if len(c) > 1 else 0) for c in cand_iou.t().contiguous()])
+        if num_gt
+        else cand_iou.new_zeros(0)
+    )
     cx, cy = actr[cand, 0], actr[cand, 1]
     inside = torch.stack([cx - gt[:, 0], cy - gt[:, 1], gt[:, 2] - cx, gt[:, 3] - cy]).amin(0)
     positive = (cand_iou >= thr) & (inside > 0.01)

@@ -5,10 +5,9 @@ import pickle
 
 import numpy as np
 import pytest
+import tiny_setup
 import torch
-from detectron2.config import get_cfg
 
-from atss_d2 import add_atss_config
 from atss_d2.checkpoint.safe_load import UnsafeCheckpointError
 from atss_d2.engine import SafePredictor
 
@@ -16,32 +15,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_cfg(weights=""):
-    cfg = get_cfg()
-    add_atss_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "Base-ATSS.yaml"))
-    cfg.merge_from_list(
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.RESNETS.DEPTH",
-            "18",
-            "MODEL.RESNETS.RES2_OUT_CHANNELS",
-            "64",
-            "MODEL.FPN.OUT_CHANNELS",
-            "64",
-            "MODEL.ATSS.NUM_CONVS",
-            "1",
-            "MODEL.ATSS.NUM_CLASSES",
-            "3",
-            "INPUT.MIN_SIZE_TEST",
-            "64",
-            "INPUT.MAX_SIZE_TEST",
-            "96",
-            "MODEL.WEIGHTS",
-            weights,
-        ]
+    return tiny_setup.small_cfg(
+        "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 96, "MODEL.WEIGHTS", weights
     )
-    return cfg
 
 
 class _Payload:

@@ -8,33 +8,17 @@ import math
 import statistics
 
 import pytest
+import tiny_setup
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
-
-from atss_d2 import add_atss_config
 
 NUM_CLASSES = 3
 
 
 def small_cfg(*extra):
-    cfg = get_cfg()
-    add_atss_config(cfg)
-    cfg.merge_from_file("configs/Base-ATSS.yaml")
-    cfg.merge_from_list(
-        [
-            "MODEL.DEVICE", "cpu",
-            "MODEL.RESNETS.DEPTH", 18,
-            "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-            "MODEL.FPN.OUT_CHANNELS", 64,
-            "MODEL.ATSS.NUM_CONVS", 1,
-            "MODEL.ATSS.NUM_CLASSES", NUM_CLASSES,
-            *extra,
-        ]
-    )  # fmt: skip
-    return cfg
+    return tiny_setup.small_cfg(*extra, num_classes=NUM_CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -1,40 +1,17 @@
 """Test-time augmentation: coordinates, identity views, flipping, merging."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.layers import batched_nms
 from detectron2.modeling import DatasetMapperTTA, build_model
+from tiny_setup import small_cfg
 
-from atss_d2 import add_atss_config
 from atss_d2.modeling import ATSSWithTTA, merge_detections
-
-BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "Base-ATSS.yaml"
 
 
 def tiny_cfg(*opts):
-    cfg = get_cfg()
-    add_atss_config(cfg)
-    cfg.merge_from_file(str(BASE_CONFIG))
-    # fmt: off
-    cfg.merge_from_list(
-        [
-            "MODEL.DEVICE", "cpu",
-            "MODEL.RESNETS.DEPTH", 18,
-            "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-            "MODEL.FPN.OUT_CHANNELS", 64,
-            "MODEL.ATSS.NUM_CONVS", 1,
-            "MODEL.ATSS.NUM_CLASSES", 3,
-            # Many detections from a random model: foreground prior 0.3 instead of 0.01.
-            "MODEL.ATSS.PRIOR_PROB", 0.3,
-            "TEST.AUG.MAX_SIZE", 1000,
-            *opts,
-        ]
-    )
-    # fmt: on
-    return cfg
+    # Many detections from a random model: foreground prior 0.3 instead of 0.01.
+    return small_cfg("MODEL.ATSS.PRIOR_PROB", 0.3, "TEST.AUG.MAX_SIZE", 1000, *opts)
 
 
 @pytest.fixture(scope="module")

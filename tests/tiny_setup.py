@@ -23,13 +23,18 @@ REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "Base-ATSS.yaml"
 CLASSES = ("square", "disc")
 
-TINY_OPTS = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.WEIGHTS", "",
+# The small model of most tests: ResNet-18, 64-channel FPN, one conv per head tower.
+SMALL_MODEL_OPTS = [
     "MODEL.RESNETS.DEPTH", "18",
     "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
     "MODEL.FPN.OUT_CHANNELS", "64",
     "MODEL.ATSS.NUM_CONVS", "1",
+]  # fmt: skip
+
+TINY_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.WEIGHTS", "",
+    *SMALL_MODEL_OPTS,
     "MODEL.ATSS.NUM_CLASSES", str(len(CLASSES)),
     "MODEL.ANCHOR_GENERATOR.SIZES", "[[32], [64], [128], [256], [512]]",
     "INPUT.MIN_SIZE_TRAIN", "(64,)",
@@ -48,6 +53,19 @@ TINY_OPTS = [
     "DATASETS.TEST", "()",
     "SEED", "0",
 ]  # fmt: skip
+
+
+def small_cfg(*extra, device: str = "cpu", num_classes: int = 3):
+    """Base-ATSS.yaml with the small model (``SMALL_MODEL_OPTS``) on ``device``, ``num_classes``
+    classes; ``extra``: KEY VALUE overrides. For model-level tests (no dataset, no training)."""
+    cfg = get_cfg()
+    add_atss_config(cfg)
+    cfg.merge_from_file(str(BASE_CONFIG))
+    cfg.merge_from_list(
+        ["MODEL.DEVICE", device, *SMALL_MODEL_OPTS, "MODEL.ATSS.NUM_CLASSES", str(num_classes)]
+        + [str(x) for x in extra]
+    )
+    return cfg
 
 
 def tiny_cfg(output_dir, *extra):

@@ -16,7 +16,23 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-__all__ = ["PeakMemory", "machine_info", "median", "random_gt", "sync", "time_call"]
+__all__ = [
+    "PeakMemory",
+    "group_norm",
+    "machine_info",
+    "median",
+    "random_gt",
+    "sync",
+    "time_call",
+]
+
+
+def group_norm(channels: int) -> torch.nn.Module:
+    """A ``norm`` callable for detectron2's dense heads that builds exactly ``get_norm("GN", c)``
+    (GroupNorm(32, c)) for every real layer. detectron2 0.6's ``RetinaNetHead`` also calls it
+    with 1 channel to name the norm type (and discards the result); current torch rejects
+    GroupNorm(32, 1), so that probe gets GroupNorm(1, 1)."""
+    return torch.nn.GroupNorm(32 if channels % 32 == 0 else 1, channels)
 
 
 def sync(device: str) -> None:

@@ -48,7 +48,7 @@ import time
 from typing import Callable, Dict, List
 
 import torch
-from bench_common import PeakMemory, machine_info, median, random_gt, sync
+from bench_common import PeakMemory, group_norm, machine_info, median, random_gt, sync
 from torch import nn
 
 MIB = 1024 * 1024
@@ -74,12 +74,6 @@ class _TimedLabelAnchors:
         sync(str(self.device))
         self.label_anchors_seconds += time.perf_counter() - start
         return out
-
-
-def group_norm(channels: int) -> nn.Module:
-    """``get_norm("GN", c)`` for every real layer (c a multiple of 32); GroupNorm(1, c) for
-    detectron2 0.6's ``get_norm(norm, 1)`` type probe, which builds and discards it."""
-    return nn.GroupNorm(32 if channels % 32 == 0 else 1, channels)
 
 
 def base_cfg(device: str):

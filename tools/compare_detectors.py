@@ -38,11 +38,10 @@ import json
 import logging
 import math
 import os
-import platform
+import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model as build_d2_model
@@ -53,7 +52,6 @@ from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from detectron2.modeling.meta_arch.retinanet import RetinaNet, RetinaNetHead
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
-from torch import nn
 
 import atss_d2
 from atss_d2.data import register_coco_dataset
@@ -61,6 +59,9 @@ from atss_d2.engine import ATSSTrainer, merge_config_file, merge_config_opts
 from atss_d2.modeling.backbone import build_atss_resnet_fpn_backbone
 from atss_d2.solver import build_optimizer
 from atss_d2.utils import has_compiled_ops
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/, for bench_common
+from bench_common import group_norm, machine_info  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "Shapes", "atss_R_18_FPN_shapes.yaml")
@@ -72,17 +73,9 @@ logger = logging.getLogger("atss_d2.compare")
 
 
 def head_norm(norm: str):
-    """The head's norm for detectron2's heads. "GN" becomes a callable: detectron2 0.6's
-    ``RetinaNetHead`` probes ``get_norm(norm, 1)`` to name the norm type, and ``GroupNorm(32, 1)``
-    is rejected by current torch; the probe gets ``GroupNorm(1, 1)`` (built and discarded), every
-    real layer ``GroupNorm(32, c)`` as ``get_norm("GN", c)`` builds it."""
-    if norm != "GN":
-        return norm
-
-    def group_norm(channels: int) -> nn.Module:
-        return nn.GroupNorm(32 if channels % 32 == 0 else 1, channels)
-
-    return group_norm
+    """The head's norm for detectron2's heads: "GN" becomes :func:`bench_common.group_norm`
+    (what ``norm="GN"`` builds, without detectron2 0.6's failing GroupNorm(32, 1) probe)."""
+    return group_norm if norm == "GN" else norm
 
 
 def _backbone(cfg: CfgNode):
@@ -281,32 +274,6 @@ def plot(rows: List[Dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine(device: str) -> Dict:
-    """What the numbers were measured on."""
-    info = {
-        "device": device,
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def build_base_config(args) -> CfgNode:
     cfg = get_cfg()
     atss_d2.add_atss_config(cfg)
@@ -371,7 +338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         "iters": base.SOLVER.MAX_ITER,
         "ims_per_batch": base.SOLVER.IMS_PER_BATCH,
         "compiled_ops": has_compiled_ops(),
-        "machine": machine(base.MODEL.DEVICE),
+        "machine": machine_info(base.MODEL.DEVICE),
         "results": [],
     }
     for name in models:

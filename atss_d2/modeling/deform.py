@@ -50,6 +50,32 @@ def split_offset_mask(
     return offset_mask[:, :num_offsets], offset_mask[:, num_offsets:].sigmoid()
 
 
+def offset_conv(
+    in_channels: int,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    deformable_groups: int,
+    modulated: bool,
+) -> nn.Conv2d:
+    """The regular conv that predicts a deformable conv's offsets (and mask logits): same
+    geometry as the deformable conv, (3 if modulated else 2) * groups * kh * kw channels,
+    zero-initialised so that training starts from a regularly sampled conv (mask 0.5)."""
+    kh, kw = _pair(kernel_size)
+    conv = nn.Conv2d(
+        in_channels,
+        (3 if modulated else 2) * deformable_groups * kh * kw,
+        (kh, kw),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+    )
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 class DeformConv(nn.Module):
     """
     A deformable convolution whose offsets (and optional mask) are inputs to ``forward``, with
@@ -175,17 +201,9 @@ class DeformConvWithOffset(nn.Module):
         self.modulated = modulated
         self.deformable_groups = deformable_groups
         self.kernel_taps = kh * kw
-        self.offset = nn.Conv2d(
-            in_channels,
-            (3 if modulated else 2) * deformable_groups * self.kernel_taps,
-            (kh, kw),
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
+        self.offset = offset_conv(
+            in_channels, (kh, kw), stride, padding, dilation, deformable_groups, modulated
         )
-        # Zero offsets (and mask 0.5) at start: a plain, regularly sampled conv.
-        nn.init.zeros_(self.offset.weight)
-        nn.init.zeros_(self.offset.bias)
         self.conv = DeformConv(
             in_channels,
             out_channels,
@@ -250,13 +268,14 @@ class DeformBottleneckBlock(CNNBlockBase):
             bias=False,
             norm=get_norm(norm, bottleneck_channels),
         )
-        self.conv2_offset = nn.Conv2d(
+        self.conv2_offset = offset_conv(
             bottleneck_channels,
-            (3 if deform_modulated else 2) * 9 * deform_num_groups,
-            kernel_size=3,
-            stride=stride_3x3,
-            padding=dilation,
-            dilation=dilation,
+            3,
+            stride_3x3,
+            dilation,
+            dilation,
+            deform_num_groups,
+            deform_modulated,
         )
         self.conv2 = DeformConv(
             bottleneck_channels,
@@ -280,8 +299,6 @@ class DeformBottleneckBlock(CNNBlockBase):
         for layer in (self.conv1, self.conv2, self.conv3, self.shortcut):
             if layer is not None:
                 weight_init.c2_msra_fill(layer)
-        nn.init.zeros_(self.conv2_offset.weight)
-        nn.init.zeros_(self.conv2_offset.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu_(self.conv1(x))

@@ -214,7 +214,9 @@ class ATSSMatcher:
             )
             first_gt = torch.tensor([0] + gt_counts[:-1], dtype=torch.long).cumsum(0)
             anchor_offset = (image_of_gt * num_anchors).to(device, non_blocking=True)
-            local_index = (torch.arange(num_gt) - first_gt[image_of_gt]).to(device, non_blocking=True)
+            local_index = (torch.arange(num_gt) - first_gt[image_of_gt]).to(
+                device, non_blocking=True
+            )
 
             anchor_ctr = _centers(anchors)  # (A, 2)
             anchor_area = _areas(anchors)  # (A,)
