@@ -48,7 +48,9 @@ import time
 from typing import Callable, Dict, List
 
 import torch
-from bench_common import PeakMemory, group_norm, machine_info, median, random_gt, sync
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/, for bench_common
+from bench_common import PeakMemory, group_norm, machine_info, median, random_gt, sync  # noqa: E402
 from torch import nn
 
 MIB = 1024 * 1024

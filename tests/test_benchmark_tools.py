@@ -1,0 +1,48 @@
+"""tools/benchmark_matcher.py on a small image: identical results, and the batched selection
+dispatches fewer ops than one match per image (ops are counted, not timed)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def matcher_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    tool = _load("benchmark_matcher")
+    argv = ["--height", "160", "--width", "224", "--gts", "20", "--big", "300", "--iters", "1"]
+    argv += ["--warmup", "0", "--threads", "1", "--batches", "1", "4", "--out", str(out)]
+    code = tool.main(argv)
+    return code, json.loads((out / "matcher.json").read_text())
+
+
+def test_matcher_benchmark_checks_identity(matcher_report):
+    code, report = matcher_report
+    assert code == 0
+    assert [r["num_gt"] for r in report["rows"]] == [20, 300]
+    assert all(r["identical_to_exhaustive"] for r in report["rows"])
+    assert report["rows"][1]["atss_d2_extra_mb"] < 512
+
+
+def test_batched_selection_dispatches_fewer_ops(matcher_report):
+    _, report = matcher_report
+    one, four = report["batches"]
+    assert one["images"] == 1 and four["images"] == 4
+    assert one["identical"] and four["identical"]
+    # One image: the batched call is the single-image call.
+    assert one["batched_ops"] == one["one_at_a_time_ops"]
+    # Four images: the per-image loop repeats every op four times; the batch does not.
+    assert four["one_at_a_time_ops"] == pytest.approx(4 * one["one_at_a_time_ops"], rel=0.1)
+    assert four["batched_ops"] < 0.5 * four["one_at_a_time_ops"]
+    assert four["batched_ops_cuda_path"] < 0.5 * four["one_at_a_time_ops_cuda_path"]
