@@ -15,9 +15,12 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = [
+    "OpCounter",
     "PeakMemory",
+    "count_ops",
     "group_norm",
     "machine_info",
     "median",
@@ -33,6 +36,27 @@ def group_norm(channels: int) -> torch.nn.Module:
     with 1 channel to name the norm type (and discards the result); current torch rejects
     GroupNorm(32, 1), so that probe gets GroupNorm(1, 1)."""
     return torch.nn.GroupNorm(32 if channels % 32 == 0 else 1, channels)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched inside the ``with`` block (views included): on a GPU,
+    roughly the kernel launches, which bound small workloads. Counters nest: an inner one's ops
+    are counted by the outer one too."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable[[], object]) -> int:
+    """Number of ATen ops ``fn()`` dispatches (see :class:`OpCounter`)."""
+    with OpCounter() as counter:
+        fn()
+    return counter.count
 
 
 def sync(device: str) -> None:

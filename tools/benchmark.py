@@ -50,7 +50,16 @@ from typing import Callable, Dict, List
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/, for bench_common
-from bench_common import PeakMemory, group_norm, machine_info, median, random_gt, sync  # noqa: E402
+from bench_common import (  # noqa: E402
+    OpCounter,
+    PeakMemory,
+    count_ops,
+    group_norm,
+    machine_info,
+    median,
+    random_gt,
+    sync,
+)
 from torch import nn
 
 MIB = 1024 * 1024
@@ -68,11 +77,17 @@ class _TimedLabelAnchors:
     """Mixin: accumulates the seconds spent in ``label_anchors`` (the sample selection)."""
 
     label_anchors_seconds = 0.0
+    label_anchors_ops = None  # an int: also count the ATen ops it dispatches
 
     def label_anchors(self, *args, **kwargs):
         sync(str(self.device))
         start = time.perf_counter()
-        out = super().label_anchors(*args, **kwargs)
+        if self.label_anchors_ops is None:
+            out = super().label_anchors(*args, **kwargs)
+        else:
+            with OpCounter() as counter:
+                out = super().label_anchors(*args, **kwargs)
+            self.label_anchors_ops += counter.count
         sync(str(self.device))
         self.label_anchors_seconds += time.perf_counter() - start
         return out
@@ -318,6 +333,19 @@ def print_report(result: dict) -> List[str]:
             f"{name:<13} {r['median_ms']:>9.1f} {r['label_anchors_median_ms']:>9.2f} "
             f"{100 * r['label_anchors_share']:>6.2f}% {r['memory']['extra_mib']:>10.0f}"
         )
+    counted = [r for table in result["inference"].values() for r in table.values()]
+    if counted and "aten_ops" in counted[0]:
+        lines.append(
+            "\nATen ops dispatched per call (views included; on a GPU about the kernel launches)"
+        )
+        lines.append(f"{'model':<13} {'inference':>10} {'train step':>11} {'label_anchors':>14}")
+        first = next(iter(result["inference"].values()))
+        for name, r in first.items():
+            t = result["train"].get(name, {})
+            lines.append(
+                f"{name:<13} {r['aten_ops']:>10} {t.get('aten_ops', '-'):>11} "
+                f"{t.get('label_anchors_aten_ops', '-'):>14}"
+            )
     lines.append("\nRatios (ATSS / baseline; lower is better)")
     for (what, base), target, value in result["ratios"]:
         mark = (
@@ -409,6 +437,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument(
+        "--no-ops", action="store_true", help="skip counting the ATen ops of each model's calls"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="output/benchmark", help="folder for benchmark.json/.png")
     p.add_argument(
@@ -481,6 +512,8 @@ def main(argv=None) -> int:
             entry["memory"] = ({} if args.no_memory else peak_memory(fn, device)) or {
                 "extra_mib": float("nan")
             }
+            if not args.no_ops:
+                entry["aten_ops"] = count_ops(fn)
             result["inference"][key][name] = entry
 
     if not args.no_train:
@@ -509,6 +542,12 @@ def main(argv=None) -> int:
             entry["memory"] = ({} if args.no_memory else peak_memory(fn, device)) or {
                 "extra_mib": float("nan")
             }
+            if not args.no_ops:
+                model = train_models[name]
+                model.label_anchors_ops = 0
+                entry["aten_ops"] = count_ops(fn)
+                entry["label_anchors_aten_ops"] = model.label_anchors_ops
+                model.label_anchors_ops = None
             result["train"][name] = entry
 
     ratios = []

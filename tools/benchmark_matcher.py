@@ -26,12 +26,20 @@ import subprocess
 import sys
 import tempfile
 import types
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/, for bench_common
-from bench_common import PeakMemory, machine_info, median, random_gt, sync, time_call  # noqa: E402
+from bench_common import (  # noqa: E402
+    PeakMemory,
+    count_ops,
+    machine_info,
+    median,
+    random_gt,
+    sync,
+    time_call,
+)
 
 INSTALL_HINT = (
     "to compare against mmdetection itself, install it in a separate venv:\n"
@@ -241,25 +249,6 @@ def run_mmdet(job, mmdet_python: Optional[str]):
 # --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
-def count_ops(fn: Callable[[], object]) -> int:
-    """Number of ATen ops ``fn`` dispatches (views included): on a GPU, roughly the number of
-    kernel launches that bound small workloads."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Counter(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.count += 1
-            return func(*args, **(kwargs or {}))
-
-    with Counter() as counter:
-        fn()
-    return counter.count
-
-
 def batch_rows(matcher, level_boxes, args, device) -> List[dict]:
     """``match_batch`` on N images of 50 GTs each against one ``match`` per image: time, ATen
     ops dispatched, and whether the results are identical."""
