@@ -281,3 +281,19 @@ def test_cuda_matches_exhaustive(num_gt):
     expected, thr = exhaustive(levels, gt)  # on the GPU too: same kernels, same rounding
     assert torch.equal(result.matches, expected)
     assert torch.equal(result.thresholds, thr)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batch_matches_exhaustive():
+    levels = [x.cuda() for x in atss_levels(800, 1344)]
+    gts = [
+        random_boxes(n, 800, 1333, seed=30 + n, min_side=12.0, max_side=600.0).cuda()
+        for n in (0, 50, 300)
+    ]
+    matches, thresholds = ATSSMatcher(9).match_batch(
+        [Boxes(x) for x in levels], [Boxes(g) for g in gts]
+    )
+    for i, gt in enumerate(gts):
+        expected, thr = exhaustive(levels, gt)
+        assert torch.equal(matches[i], expected)
+        assert torch.equal(thresholds[i], thr)
