@@ -278,9 +278,9 @@ def test_cuda_matches_exhaustive(num_gt):
     gt = random_boxes(num_gt, 800, 1333, seed=num_gt, min_side=12.0, max_side=600.0).cuda()
     matcher = ATSSMatcher(9, gt_chunk_size=4096)
     result = matcher.match([Boxes(x) for x in levels], Boxes(gt))
-    expected, thr = exhaustive(levels, gt)  # on the GPU too: same kernels, same rounding
+    expected, thr = exhaustive(levels, gt)  # on the GPU too
     assert torch.equal(result.matches, expected)
-    assert torch.equal(result.thresholds, thr)
+    assert_same_cuda_thresholds(result.thresholds, thr)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -296,4 +296,11 @@ def test_cuda_batch_matches_exhaustive():
     for i, gt in enumerate(gts):
         expected, thr = exhaustive(levels, gt)
         assert torch.equal(matches[i], expected)
-        assert torch.equal(thresholds[i], thr)
+        assert_same_cuda_thresholds(thresholds[i], thr)
+
+
+def assert_same_cuda_thresholds(actual, expected):
+    """The matcher reduces each GT's IoUs along a row of a (G, C) matrix, the reference one GT at
+    a time; on the CPU both give the same bits (checked exactly above), on CUDA the two reduction
+    kernels may order the additions differently: at most a float32 rounding step apart."""
+    assert torch.allclose(actual, expected, rtol=0, atol=1e-6)
