@@ -297,10 +297,11 @@ class ATSSMatcher:
         wh = wh.clamp(min=0)
         overlap = wh[..., 0] * wh[..., 1]
         cand_iou = overlap / (anchor_area[cand] + gt_area - overlap).clamp(min=_IOU_EPS)
-        # Statistics per GT along a contiguous row: each GT's C IoUs are reduced in the same
-        # order wherever it sits in the chunk (a reduction over dim 0 can round the last bit
-        # differently by column position), so thresholds do not depend on which other GTs,
-        # or images, share the chunk.
+        # Statistics per GT along a contiguous row: on the CPU each GT's C IoUs are reduced in
+        # the same order wherever it sits in the chunk (a reduction over dim 0 rounds the last
+        # bit differently by column position), so thresholds do not depend on which other GTs,
+        # or images, share the chunk. CUDA's reduction kernels pick their strategy by shape,
+        # so there the last bit may still vary with the chunk's size.
         rows = cand_iou.t().contiguous()  # (Gc, C)
         mean = rows.mean(dim=1)
         # Bessel-corrected std; a single candidate (one anchor in the whole image) has no
