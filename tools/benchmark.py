@@ -520,11 +520,10 @@ def main(argv=None) -> int:
         inputs = _to_device(
             make_inputs(train_size, args.batch, args.num_gt, args.seed + 1, True), device
         )
-        train_models = models
-        steps = {k: TrainStep(m, inputs) for k, m in train_models.items()}
+        steps = {k: TrainStep(m, inputs) for k, m in models.items()}
         times, label = round_robin(
             steps,
-            train_models,
+            models,
             device,
             args.iters,
             args.warmup,
@@ -543,7 +542,7 @@ def main(argv=None) -> int:
                 "extra_mib": float("nan")
             }
             if not args.no_ops:
-                model = train_models[name]
+                model = models[name]
                 model.label_anchors_ops = 0
                 entry["aten_ops"] = count_ops(fn)
                 entry["label_anchors_aten_ops"] = model.label_anchors_ops

@@ -208,8 +208,7 @@ class ATSS(DenseDetector):
         positive = matches >= 0
         if sum(counts) > 0:
             idx = torch.where(positive, matches + first[:, None], 0)
-            classes = torch.cat([x.gt_classes for x in gt_instances])
-            labels = classes.to(matches.device)[idx]
+            labels = torch.cat([x.gt_classes for x in gt_instances])[idx]
             boxes = torch.cat([x.gt_boxes.tensor for x in gt_instances])[idx]
         else:
             labels = torch.zeros_like(matches)

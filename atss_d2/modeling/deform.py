@@ -202,7 +202,13 @@ class DeformConvWithOffset(nn.Module):
         self.deformable_groups = deformable_groups
         self.kernel_taps = kh * kw
         self.offset = offset_conv(
-            in_channels, (kh, kw), stride, padding, dilation, deformable_groups, modulated
+            in_channels,
+            kernel_size=(kh, kw),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            deformable_groups=deformable_groups,
+            modulated=modulated,
         )
         self.conv = DeformConv(
             in_channels,
@@ -270,12 +276,12 @@ class DeformBottleneckBlock(CNNBlockBase):
         )
         self.conv2_offset = offset_conv(
             bottleneck_channels,
-            3,
-            stride_3x3,
-            dilation,
-            dilation,
-            deform_num_groups,
-            deform_modulated,
+            kernel_size=3,
+            stride=stride_3x3,
+            padding=dilation,
+            dilation=dilation,
+            deformable_groups=deform_num_groups,
+            modulated=deform_modulated,
         )
         self.conv2 = DeformConv(
             bottleneck_channels,

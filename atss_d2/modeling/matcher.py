@@ -152,12 +152,8 @@ class ATSSMatcher:
         gt = _as_tensor(gt_boxes)
         if len(level_tensors) == 0:
             return MatchResult(torch.empty(0, dtype=torch.long, device=gt.device), gt.new_zeros(0))
-        ignored = None
-        if ignore_boxes is not None and len(ignore_boxes) > 0:
-            anchors = torch.cat(level_tensors, dim=0)
-            if len(anchors) > 0:
-                ignored = self._ignored_anchors(anchors, _as_tensor(ignore_boxes).to(anchors))
-        matches, thresholds = self._match_images(level_tensors, [gt], ignored)
+        ignore = _as_tensor(ignore_boxes) if ignore_boxes is not None else None
+        matches, thresholds = self._match_images(level_tensors, [gt], ignore)
         return MatchResult(matches[0], thresholds)
 
     @torch.no_grad()
@@ -184,18 +180,24 @@ class ATSSMatcher:
         return matches, list(thresholds.split([len(g) for g in gts]))
 
     def _match_images(
-        self, level_tensors: List[Tensor], gts: List[Tensor], ignored: Optional[Tensor]
+        self, level_tensors: List[Tensor], gts: List[Tensor], ignore: Optional[Tensor]
     ) -> Tuple[Tensor, Tensor]:
         """
         Core of ``match`` / ``match_batch``: the GTs of all images, concatenated, go through
         the selection in chunks (each GT's candidates and threshold depend only on the anchors
         and that GT); the best GT per anchor is resolved per (image, anchor) pair.
 
+        Args:
+            ignore: (I, 4) ignore boxes shared by all images, or None.
+
         Returns:
             matches: LongTensor (N, A) of GT indices within each image; thresholds: (sum G_i,).
         """
         device = level_tensors[0].device
         anchors = torch.cat(level_tensors, dim=0)
+        ignored = None
+        if ignore is not None and len(ignore) > 0 and len(anchors) > 0:
+            ignored = self._ignored_anchors(anchors, ignore.to(anchors))
         num_images, num_anchors = len(gts), anchors.shape[0]
         gt_counts = [len(g) for g in gts]
         num_gt = sum(gt_counts)
