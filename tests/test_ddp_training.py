@@ -8,19 +8,16 @@ detectron2 0.6's ``launch`` starts several processes only with CUDA, so the test
 process group itself (what ``launch`` does per GPU, with gloo instead of NCCL).
 """
 
-import datetime
 import math
-import socket
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.config import get_cfg
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
-from tiny_setup import REPO, one_torch_thread, tiny_cfg
+from tiny_setup import REPO, free_port, gloo_process_group, one_torch_thread, tiny_cfg
 from torch.nn.parallel import DistributedDataParallel
 
 from atss_d2 import add_atss_config
@@ -50,15 +47,7 @@ def gradients(model):
 
 
 def _worker(rank, world_size, port, cfg, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=120),
-    )
-    try:
+    with gloo_process_group(rank, world_size, port, timeout_s=120):
         model = new_model(cfg)
         # As detectron2's create_ddp_model, without device_ids (CPU).
         ddp = DistributedDataParallel(model, broadcast_buffers=False)
@@ -79,14 +68,6 @@ def _worker(rank, world_size, port, cfg, out_dir):
         history = trainer.storage.history("total_loss").values() if rank == 0 else []
         flat = torch.cat([p.detach().flatten() for p in model.parameters()])
         torch.save({"params": flat, "total_loss": history}, f"{out_dir}/trained{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def assert_close(actual, expected, name):

@@ -3,17 +3,16 @@ Two CPU workers (gloo): the loss normalisers N_pos and the sum of centerness tar
 averaged over workers (all-reduce / world size) before the floor/clamp at 1 (ATSS-SPEC.md).
 """
 
-import datetime
 import json
 import math
 import os
-import socket
 import time
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tiny_setup import free_port, gloo_process_group
 
 # Every worker's anchors are copies of this box, decoded with deltas (1, 0, 5 ln 2, 0) to
 # [-4, 0, 16, 10]: against the GT (the anchor itself) GIoU loss 0.5, centerness target 1.
@@ -50,15 +49,7 @@ def _bce(x, t):
 
 
 def _worker(rank, world_size, port, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=60),
-    )
-    try:
+    with gloo_process_group(rank, world_size, port, timeout_s=60):
         from detectron2.structures import Boxes
         from torch import nn
 
@@ -95,14 +86,6 @@ def _worker(rank, world_size, port, out_dir):
             )
         with open(os.path.join(out_dir, f"{rank}.json"), "w") as f:
             json.dump(results, f)
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _expected(name, rank):
@@ -125,7 +108,7 @@ def _expected(name, rank):
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_normalisers_are_averaged_over_workers(tmp_path):
     ctx = mp.start_processes(
-        _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+        _worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
     )
     deadline = time.time() + 120
     while not ctx.join(timeout=5):

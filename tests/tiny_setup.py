@@ -4,13 +4,16 @@ Shared pieces of the robustness tests: a tiny ATSS config (R-18, 64-channel FPN,
 """
 
 import contextlib
+import datetime
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import HookBase
@@ -183,3 +186,28 @@ class LossRecorder(HookBase):
         self.losses.append(
             {k: v.latest() for k, v in storage.histories().items() if k.startswith("loss_")}
         )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a process group's rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def gloo_process_group(rank: int, world_size: int, port: int, timeout_s: float):
+    """Inside a spawned test worker: one torch thread, a gloo process group over TCP on
+    127.0.0.1:``port`` for the ``with`` block, destroyed on the way out."""
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
