@@ -8,25 +8,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tiny_setup import TINY_SHAPES_OPTS, tiny_shapes
 
-from atss_d2.data import ShapesSpec, generate_shapes
+from atss_d2.data import generate_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 # Two of the eight images have no object: the baselines must filter them out (FCOS in
 # detectron2 0.6 fails on them), ATSS trains on what the config says.
-TINY = ShapesSpec(
-    num_images=8, height=64, width=80, max_objects=3, empty_fraction=0.25, min_size=12,
-    max_size=40, seed=6,
-)  # fmt: skip
-TINY_OPTS = [
-    "INPUT.MIN_SIZE_TRAIN", "(64,)",
-    "INPUT.MAX_SIZE_TRAIN", "80",
-    "INPUT.MIN_SIZE_TEST", "64",
-    "INPUT.MAX_SIZE_TEST", "80",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.IMS_PER_BATCH", "4",
-    "SOLVER.WARMUP_ITERS", "2",
-]  # fmt: skip
+TINY = tiny_shapes(empty_fraction=0.25, seed=6)
+TINY_OPTS = [*TINY_SHAPES_OPTS, "SOLVER.WARMUP_ITERS", "2"]
 
 
 def _tool():

@@ -13,26 +13,15 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from PIL import Image
+from tiny_setup import TINY_SHAPES_OPTS, tiny_shapes
 
 import atss_d2
-from atss_d2.data import ShapesSpec, generate_shapes, register_coco_dataset
+from atss_d2.data import generate_shapes, register_coco_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "Shapes" / "atss_R_18_FPN_shapes.yaml"
-TINY = ShapesSpec(
-    num_images=8, height=64, width=80, max_objects=3, empty_fraction=0.0, min_size=12,
-    max_size=40, seed=3,
-)  # fmt: skip
-TINY_OPTS = [
-    "INPUT.MIN_SIZE_TRAIN", "(64,)",
-    "INPUT.MAX_SIZE_TRAIN", "80",
-    "INPUT.MIN_SIZE_TEST", "64",
-    "INPUT.MAX_SIZE_TEST", "80",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.IMS_PER_BATCH", "4",
-    "SOLVER.WARMUP_ITERS", "5",
-    "SEED", "0",
-]  # fmt: skip
+TINY = tiny_shapes(empty_fraction=0.0, seed=3)
+TINY_OPTS = [*TINY_SHAPES_OPTS, "SOLVER.WARMUP_ITERS", "5", "SEED", "0"]
 
 
 @pytest.fixture(autouse=True)

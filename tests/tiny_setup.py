@@ -21,6 +21,7 @@ from detectron2.structures import BoxMode
 from PIL import Image
 
 from atss_d2 import add_atss_config
+from atss_d2.data import ShapesSpec
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "Base-ATSS.yaml"
@@ -211,3 +212,28 @@ def gloo_process_group(rank: int, world_size: int, port: int, timeout_s: float):
         yield
     finally:
         dist.destroy_process_group()
+
+
+# Training on the tiny generated Shapes sets below: 64x80 images, batch 4, no loader workers.
+TINY_SHAPES_OPTS = [
+    "INPUT.MIN_SIZE_TRAIN", "(64,)",
+    "INPUT.MAX_SIZE_TRAIN", "80",
+    "INPUT.MIN_SIZE_TEST", "64",
+    "INPUT.MAX_SIZE_TEST", "80",
+    "DATALOADER.NUM_WORKERS", "0",
+    "SOLVER.IMS_PER_BATCH", "4",
+]  # fmt: skip
+
+
+def tiny_shapes(empty_fraction: float, seed: int) -> ShapesSpec:
+    """Eight 64x80 Shapes images with up to three objects of 12-40 px each."""
+    return ShapesSpec(
+        num_images=8,
+        height=64,
+        width=80,
+        max_objects=3,
+        empty_fraction=empty_fraction,
+        min_size=12,
+        max_size=40,
+        seed=seed,
+    )
