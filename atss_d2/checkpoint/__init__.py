@@ -17,7 +17,12 @@ from .convert import (
     save_detectron2_checkpoint,
     verify_against,
 )
-from .detection_checkpoint import SafeDetectionCheckpointer
+from .detection_checkpoint import (
+    CheckpointReadError,
+    LoadReport,
+    SafeDetectionCheckpointer,
+    WeightsNotFoundError,
+)
 from .safe_load import (
     UnsafeCheckpointError,
     load_checkpoint_file,
@@ -27,6 +32,9 @@ from .safe_load import (
 
 __all__ = [
     "SOURCES",
+    "CheckpointReadError",
+    "LoadReport",
+    "WeightsNotFoundError",
     "ConversionError",
     "ConversionReport",
     "ModelArch",

@@ -463,7 +463,10 @@ def verify_against(
     """
     source_of = {dst: src for src, dst, _, _ in report.mapped}
     report.num_target = len(target_shapes)
-    report.missing = [k for k in target_shapes if k not in converted]
+    # BatchNorm step counters (models with trainable BN) start at 0; no weights live there.
+    report.missing = [
+        k for k in target_shapes if k not in converted and not k.endswith("num_batches_tracked")
+    ]
     report.unexpected = [k for k in converted if k not in target_shapes]
     report.shape_mismatches = [
         (k, source_of.get(k, "?"), tuple(v.shape), tuple(target_shapes[k]))

@@ -1,18 +1,28 @@
-"""The training glue of train_net.py: detectron2's DefaultTrainer with robust data, crash-safe
-checkpoints, config checks and a COCO evaluator that copes with zero detections."""
+"""The trainer of atss_d2: detectron2's DefaultTrainer with robust data, crash-safe checkpoints,
+config checks, the optimizer of ``SOLVER.OPTIMIZER``, the evaluator each dataset asks for and
+test-time augmentation."""
 
 import logging
 import os
+from collections import OrderedDict
 
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.engine import DefaultTrainer, hooks
+from detectron2.evaluation import DatasetEvaluator, PascalVOCDetectionEvaluator
 
 from ..data.mapper import ATSSDatasetMapper, SkippingMapDataset
 from ..evaluation import ATSSCOCOEvaluator
+from ..modeling import ATSSWithTTA
+from ..solver import build_optimizer
 from .checkpoint import SafeAtomicCheckpointer
-from .config import check_num_classes, validate_config
+from .config import ConfigError, check_num_classes, validate_config
+from .predictor import warn_if_head_untrained
 
-__all__ = ["ATSSTrainer"]
+__all__ = ["ATSSTrainer", "frozen_random_layers"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +37,22 @@ def _check_loaded_classes(cfg, dataset_names) -> None:
         )
 
 
+def frozen_random_layers(cfg) -> str:
+    """
+    A sentence naming the backbone layers that ``cfg`` freezes (``MODEL.BACKBONE.FREEZE_AT``,
+    ``MODEL.RESNETS.NORM`` "FrozenBN"), or "" when it freezes none. Frozen layers only make
+    sense with pretrained ``MODEL.WEIGHTS``: from random weights they stay random.
+    """
+    frozen = []
+    freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
+    if freeze_at >= 1:
+        stages = "the stem" + ("".join(f", res{i}" for i in range(2, freeze_at + 1)))
+        frozen.append(f"MODEL.BACKBONE.FREEZE_AT={freeze_at} freezes {stages}")
+    if cfg.MODEL.RESNETS.NORM == "FrozenBN":
+        frozen.append("MODEL.RESNETS.NORM='FrozenBN' freezes every backbone normalisation")
+    return "; ".join(frozen)
+
+
 class ATSSTrainer(DefaultTrainer):
     """
     ``DefaultTrainer`` with:
@@ -36,8 +62,13 @@ class ATSSTrainer(DefaultTrainer):
       skipped (counted in a warning) when ``DATALOADER.SKIP_UNREADABLE_IMAGES``;
     - :class:`SafeAtomicCheckpointer`: periodic checkpoints and ``last_checkpoint`` are written
       atomically and never with NaN weights, so ``--resume`` after a crash or ``kill -9``
-      continues from the last complete checkpoint; files are loaded without unpickling code;
-    - :class:`ATSSCOCOEvaluator` (0 AP, not NaN, for a model without detections).
+      continues from the last complete checkpoint; files are loaded without unpickling code,
+      and what a weights file did not provide is logged;
+    - the optimizer of ``SOLVER.OPTIMIZER`` (:func:`atss_d2.solver.build_optimizer`);
+    - the evaluator of each test dataset's ``evaluator_type`` (:meth:`build_evaluator`);
+    - with ``TEST.AUG.ENABLED``, an evaluation with test-time augmentation after training
+      (results keyed ``"<dataset>_TTA"``), as detectron2's own ``train_net.py`` does;
+    - a warning when training starts from random weights with frozen layers.
 
     A non-finite loss stops training with ``FloatingPointError`` naming the iteration and the
     losses (detectron2's ``SimpleTrainer`` check, done before the optimizer step, so the weights
@@ -47,6 +78,11 @@ class ATSSTrainer(DefaultTrainer):
     def __init__(self, cfg):
         validate_config(cfg)
         super().__init__(cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """``SOLVER.OPTIMIZER``: detectron2's SGD or AdamW (see :mod:`atss_d2.solver`)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_checkpointer(cls, cfg, model, save_dir=None, **checkpointables):
@@ -64,7 +100,27 @@ class ATSSTrainer(DefaultTrainer):
             self.cfg, plain.model, plain.save_dir, **plain.checkpointables
         )
         self.checkpointer.save_to_disk = plain.save_to_disk
-        return super().build_hooks()
+        hook_list = super().build_hooks()
+        if self.cfg.TEST.AUG.ENABLED and self.cfg.DATASETS.TEST:
+            # After the plain evaluation (EvalHook runs after the last iteration), before the
+            # writers, so that the TTA results are logged too.
+            index = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook))
+            hook_list.insert(
+                index + 1, hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))
+            )
+        return hook_list
+
+    def resume_or_load(self, resume=True):
+        if not (resume and self.checkpointer.has_checkpoint()) and not self.cfg.MODEL.WEIGHTS:
+            frozen = frozen_random_layers(self.cfg)
+            if frozen:
+                logger.warning(
+                    f"MODEL.WEIGHTS is empty, so training starts from random weights, but "
+                    f"{frozen}: those layers stay random for the whole training. Set "
+                    "MODEL.WEIGHTS to an ImageNet backbone (docs/MODEL_ZOO.md), or train from "
+                    "scratch with MODEL.BACKBONE.FREEZE_AT 0 and MODEL.RESNETS.NORM BN (or GN)."
+                )
+        super().resume_or_load(resume=resume)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -85,7 +141,69 @@ class ATSSTrainer(DefaultTrainer):
         return loader
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None) -> DatasetEvaluator:
+        """
+        The evaluator that the dataset's metadata ``evaluator_type`` asks for, as detectron2's
+        ``train_net.py`` chooses it: "coco" (also COCO-format json and VOC-folder datasets
+        registered by atss_d2, and datasets without an ``evaluator_type``): COCO box AP;
+        "pascal_voc": detectron2's Pascal VOC AP (``register_pascal_voc`` datasets); "lvis":
+        detectron2's LVIS AP (needs the ``lvis`` package).
+        """
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-        return ATSSCOCOEvaluator(dataset_name, output_dir=output_folder)
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
+        if evaluator_type == "coco":
+            return ATSSCOCOEvaluator(dataset_name, output_dir=output_folder)
+        if evaluator_type == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        if evaluator_type == "lvis":
+            try:
+                import lvis  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    f"Dataset {dataset_name!r} is evaluated with the LVIS API, which is not "
+                    "installed: pip install lvis"
+                ) from None
+            from detectron2.evaluation import LVISEvaluator
+
+            return LVISEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+        raise ConfigError(
+            f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; atss_d2 evaluates "
+            "box detection with 'coco', 'pascal_voc' or 'lvis'"
+        )
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluate with test-time augmentation (``TEST.AUG``, ``MODEL.ATSS.TTA_MERGE``);
+        results keyed ``"<dataset>_TTA"``."""
+        logger.info("Running inference with test-time augmentation ...")
+        model = ATSSWithTTA(cfg, model)
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [cls.build_evaluator(cfg, name, output_folder) for name in cfg.DATASETS.TEST]
+        res = cls.test(cfg, model, evaluators)
+        res = OrderedDict((k + "_TTA", v) for k, v in res.items())
+        for name, metrics in res.items():
+            for task, values in metrics.items():
+                shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items() if "-" not in k)
+                logger.info(f"Evaluation results for {name} ({task}): {shown}")
+        return res
+
+    @classmethod
+    def evaluate_weights(cls, cfg, resume: bool = False):
+        """
+        ``--eval-only``: build the model, load ``MODEL.WEIGHTS`` (or, with ``resume``, the last
+        checkpoint of ``OUTPUT_DIR``) and evaluate it on ``DATASETS.TEST``, with test-time
+        augmentation too when ``TEST.AUG.ENABLED``. Warns when the head is untrained.
+
+        Returns:
+            OrderedDict: dataset name (and ``"<name>_TTA"``) -> task -> metric -> value.
+        """
+        model = cls.build_model(cfg)
+        checkpointer = cls.build_checkpointer(cfg, model)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+        loaded = checkpointer.last_load_report
+        warn_if_head_untrained(loaded.path if loaded else cfg.MODEL.WEIGHTS, loaded)
+        res = cls.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            res.update(cls.test_with_TTA(cfg, model))
+        return res
