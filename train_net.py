@@ -4,21 +4,23 @@ Train and evaluate ATSS with detectron2.
 
     python train_net.py --config-file configs/COCO-Detection/atss_R_50_FPN_1x.yaml --num-gpus 8
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS /path/to/model.pth
-    python train_net.py --config-file configs/Shapes/atss_R_18_FPN_shapes.yaml \
-        --coco-dataset my_train data/train.json data/images DATASETS.TRAIN "('my_train',)"
+    python train_net.py --config-file configs/Custom/atss_R_18_FPN_cpu.yaml \
+        --voc-dataset custom_train data/Annotations data/JPEGImages MODEL.ATSS.NUM_CLASSES 3
+
+Everything but argument parsing lives in atss_d2: the trainer (atss_d2.engine.ATSSTrainer) and
+the dataset registration of --coco-dataset / --voc-dataset (atss_d2.data).
 """
 
 import logging
-import os
 import sys
-from collections import OrderedDict
 
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, hooks, launch
+from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import atss_d2
+from atss_d2.checkpoint import CheckpointReadError, UnsafeCheckpointError, WeightsNotFoundError
 from atss_d2.data import register_coco_dataset
 from atss_d2.engine import (
     ATSSTrainer,
@@ -27,27 +29,9 @@ from atss_d2.engine import (
     merge_config_opts,
     validate_config,
 )
-from atss_d2.modeling import ATSSWithTTA
-from atss_d2.solver import build_optimizer
 
-
-class Trainer(ATSSTrainer):
-    """Robust data, atomic checkpoints, config checks, COCO evaluation: see ATSSTrainer."""
-
-    @classmethod
-    def build_optimizer(cls, cfg, model):
-        """SOLVER.OPTIMIZER: detectron2's SGD or AdamW (see atss_d2.solver)."""
-        return build_optimizer(cfg, model)
-
-    @classmethod
-    def test_with_TTA(cls, cfg, model):
-        """Evaluate with test-time augmentation (TEST.AUG); results keyed "<dataset>_TTA"."""
-        logging.getLogger("atss_d2").info("Running inference with test-time augmentation ...")
-        model = ATSSWithTTA(cfg, model)
-        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
-        evaluators = [cls.build_evaluator(cfg, name, output_folder) for name in cfg.DATASETS.TEST]
-        res = cls.test(cfg, model, evaluators)
-        return OrderedDict({k + "_TTA": v for k, v in res.items()})
+# detectron2's train_net.py calls its trainer "Trainer"; atss_d2's needs no changes here.
+Trainer = ATSSTrainer
 
 
 def setup(args):
@@ -67,22 +51,13 @@ def main(args):
     validate_config(cfg, train=not args.eval_only)  # datasets, NUM_CLASSES: before building
 
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        # Loads MODEL.WEIGHTS without unpickling code (SafeDetectionCheckpointer).
-        Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        res = Trainer.test(cfg, model)
-        if cfg.TEST.AUG.ENABLED:
-            res.update(Trainer.test_with_TTA(cfg, model))
+        res = ATSSTrainer.evaluate_weights(cfg, resume=args.resume)
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
 
-    trainer = Trainer(cfg)
+    trainer = ATSSTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    if cfg.TEST.AUG.ENABLED:
-        trainer.register_hooks(
-            [hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))]
-        )
     return trainer.train()
 
 
@@ -114,3 +89,5 @@ if __name__ == "__main__":
         )
     except ConfigError as e:
         sys.exit(f"train_net.py: config error: {e}")
+    except (WeightsNotFoundError, CheckpointReadError, UnsafeCheckpointError) as e:
+        sys.exit(f"train_net.py: error: {e}")

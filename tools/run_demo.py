@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 The main job on the built-in dataset (``make demo``): draw the synthetic shapes dataset (once),
-train ATSS on it from scratch on the CPU with train_net.py's Trainer, evaluate it on
+train ATSS on it from scratch on the CPU with atss_d2's trainer, evaluate it on
 ``shapes_val`` with COCOEvaluator, write annotated validation images and the training curves,
 and print where everything is, the box AP and the wall time.
 
@@ -36,7 +36,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
 import atss_d2  # noqa: E402, F401  (registers the model and the shapes datasets)
-from atss_d2.engine import SafePredictor  # noqa: E402
+from atss_d2.engine import ATSSTrainer, SafePredictor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "Shapes" / "atss_R_18_FPN_shapes.yaml"
@@ -127,7 +127,7 @@ def main(argv=None):
 
     # 2. Training; detectron2's EvalHook evaluates on DATASETS.TEST when it ends.
     t = time.perf_counter()
-    trainer = train_net.Trainer(cfg)
+    trainer = ATSSTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     train_s = time.perf_counter() - t
