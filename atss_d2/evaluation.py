@@ -1,5 +1,6 @@
 """
-COCO evaluation that gives numbers for a model without detections.
+COCO evaluation that gives numbers for a model without detections, and Pascal VOC evaluation
+that runs with current numpy.
 
 detectron2 0.6's ``COCOEvaluator`` skips the COCO API when the model returns no detection at all
 ("cocoapi does not handle empty results very well") and reports every metric as NaN. A model
@@ -12,16 +13,27 @@ add false positives.
 
 import contextlib
 import io
-from typing import Optional, Sequence
+import math
+from collections import OrderedDict, defaultdict
+from typing import Dict, List, Optional, Sequence, Tuple
+from xml.etree import ElementTree
 
-from detectron2.evaluation import COCOEvaluator
+import numpy as np
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
+from detectron2.utils import comm
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .utils import has_compiled_ops
 
-__all__ = ["ATSSCOCOEvaluator", "empty_coco_results"]
+__all__ = [
+    "ATSSCOCOEvaluator",
+    "ATSSPascalVOCEvaluator",
+    "empty_coco_results",
+    "voc_average_precision",
+    "voc_class_ap",
+]
 
 
 def empty_coco_results(coco_gt: COCO) -> COCO:
@@ -91,3 +103,124 @@ class ATSSCOCOEvaluator(COCOEvaluator):
             coco_eval.accumulate()
         coco_eval.summarize()  # prints the usual table, like the base class
         return coco_eval
+
+
+def voc_average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
+    """
+    Pascal VOC's AP of a precision/recall curve (points in decreasing-score order): VOC2007's
+    11-point interpolation (mean of the best precision at recall >= 0, 0.1, ..., 1), or, from
+    VOC2010 on, the area under the curve made monotonically decreasing.
+    """
+    if use_07_metric:
+        points = [
+            precision[recall >= t].max() if (recall >= t).any() else 0.0
+            for t in np.arange(0, 1.1, 0.1)
+        ]
+        return float(np.mean(points))
+    r = np.concatenate([[0.0], recall, [1.0]])
+    p = np.concatenate([[0.0], precision, [0.0]])
+    p = np.maximum.accumulate(p[::-1])[::-1]  # precision envelope
+    steps = np.nonzero(r[1:] != r[:-1])[0]
+    return float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1]))
+
+
+def _read_voc_objects(xml_file: str) -> List[Tuple[str, List[float], bool]]:
+    """(class name, [x1, y1, x2, y2] as in the file, difficult) of each object of a VOC XML."""
+    root = ElementTree.parse(xml_file).getroot()
+    objects = []
+    for obj in root.findall("object"):
+        box = obj.find("bndbox")
+        coords = [float(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
+        difficult = obj.find("difficult")
+        is_difficult = difficult is not None and int(float(difficult.text or 0)) == 1
+        objects.append((obj.find("name").text.strip(), coords, is_difficult))
+    return objects
+
+
+def voc_class_ap(
+    detections: List[Tuple[str, float, List[float]]],
+    ground_truth: Dict[str, List[Tuple[List[float], bool]]],
+    iou_threshold: float,
+    use_07_metric: bool,
+) -> float:
+    """
+    Pascal VOC AP of one class. ``detections``: (image id, score, [x1, y1, x2, y2]);
+    ``ground_truth``: image id -> [(box, difficult)]. Boxes in VOC's inclusive pixel
+    coordinates (width x2 - x1 + 1). A detection matches the unmatched ground-truth box it
+    overlaps most if their IoU exceeds ``iou_threshold``; matching a difficult box counts as
+    neither a true nor a false positive, and difficult boxes are not counted in the recall.
+    """
+    num_positives = sum(not d for boxes in ground_truth.values() for _, d in boxes)
+    matched = {image: [False] * len(boxes) for image, boxes in ground_truth.items()}
+    tp, fp = [], []
+    for image, _, det in sorted(detections, key=lambda d: -d[1]):
+        gts = ground_truth.get(image, [])
+        best, best_iou = -1, -math.inf
+        for j, (gt, _) in enumerate(gts):
+            iw = min(det[2], gt[2]) - max(det[0], gt[0]) + 1.0
+            ih = min(det[3], gt[3]) - max(det[1], gt[1]) + 1.0
+            inter = max(iw, 0.0) * max(ih, 0.0)
+            union = (
+                (det[2] - det[0] + 1.0) * (det[3] - det[1] + 1.0)
+                + (gt[2] - gt[0] + 1.0) * (gt[3] - gt[1] + 1.0)
+                - inter
+            )
+            iou = inter / union
+            if iou > best_iou:
+                best, best_iou = j, iou
+        if best_iou > iou_threshold:
+            if gts[best][1]:
+                continue  # a difficult object: ignored
+            if not matched[image][best]:
+                matched[image][best] = True
+                tp.append(1.0)
+                fp.append(0.0)
+                continue
+        tp.append(0.0)
+        fp.append(1.0)
+    tp_sum, fp_sum = np.cumsum(tp), np.cumsum(fp)
+    recall = tp_sum / max(num_positives, 1)
+    precision = tp_sum / np.maximum(tp_sum + fp_sum, np.finfo(np.float64).eps)
+    return voc_average_precision(recall, precision, use_07_metric)
+
+
+class ATSSPascalVOCEvaluator(PascalVOCDetectionEvaluator):
+    """
+    detectron2's :class:`PascalVOCDetectionEvaluator` (same inputs: metadata ``dirname``,
+    ``split``, ``year`` and ``thing_classes``; same results: ``{"bbox": {"AP", "AP50",
+    "AP75"}}``, AP averaged over IoU 0.50:0.95 and the classes) with the AP computed by
+    :func:`voc_class_ap`, which runs with current numpy (detectron2 0.6's ``voc_eval`` uses
+    ``np.bool``, removed in numpy 1.24).
+    """
+
+    def evaluate(self):
+        gathered = comm.gather(self._predictions, dst=0)
+        if not comm.is_main_process():
+            return None
+        detections = defaultdict(list)  # class id -> [(image id, score, box)]
+        for per_rank in gathered:
+            for class_id, lines in per_rank.items():
+                for line in lines:
+                    image, score, *box = line.split()
+                    detections[class_id].append((image, float(score), [float(v) for v in box]))
+        with open(self._image_set_path) as f:
+            image_ids = [line.strip() for line in f if line.strip()]
+        ground_truth = defaultdict(lambda: defaultdict(list))  # class name -> image -> boxes
+        for image in image_ids:
+            for name, box, difficult in _read_voc_objects(self._anno_file_template.format(image)):
+                ground_truth[name][image].append((box, difficult))
+        aps = defaultdict(list)
+        for class_id, name in enumerate(self._class_names):
+            for threshold in range(50, 100, 5):
+                ap = voc_class_ap(
+                    detections.get(class_id, []), ground_truth[name], threshold / 100, self._is_2007
+                )
+                aps[threshold].append(ap * 100)
+        mean_ap = {t: float(np.mean(v)) for t, v in aps.items()}
+        return OrderedDict(
+            bbox={
+                "AP": float(np.mean(list(mean_ap.values()))),
+                "AP50": mean_ap[50],
+                "AP75": mean_ap[75],
+            }
+        )

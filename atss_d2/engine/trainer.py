@@ -12,10 +12,10 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.engine import DefaultTrainer, hooks
-from detectron2.evaluation import DatasetEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation import DatasetEvaluator
 
 from ..data.mapper import ATSSDatasetMapper, SkippingMapDataset
-from ..evaluation import ATSSCOCOEvaluator
+from ..evaluation import ATSSCOCOEvaluator, ATSSPascalVOCEvaluator
 from ..modeling import ATSSWithTTA
 from ..solver import build_optimizer
 from .checkpoint import SafeAtomicCheckpointer
@@ -146,7 +146,8 @@ class ATSSTrainer(DefaultTrainer):
         The evaluator that the dataset's metadata ``evaluator_type`` asks for, as detectron2's
         ``train_net.py`` chooses it: "coco" (also COCO-format json and VOC-folder datasets
         registered by atss_d2, and datasets without an ``evaluator_type``): COCO box AP;
-        "pascal_voc": detectron2's Pascal VOC AP (``register_pascal_voc`` datasets); "lvis":
+        "pascal_voc": Pascal VOC AP (:class:`ATSSPascalVOCEvaluator`, detectron2's
+        ``register_pascal_voc`` datasets); "lvis":
         detectron2's LVIS AP (needs the ``lvis`` package).
         """
         if output_folder is None:
@@ -155,7 +156,7 @@ class ATSSTrainer(DefaultTrainer):
         if evaluator_type == "coco":
             return ATSSCOCOEvaluator(dataset_name, output_dir=output_folder)
         if evaluator_type == "pascal_voc":
-            return PascalVOCDetectionEvaluator(dataset_name)
+            return ATSSPascalVOCEvaluator(dataset_name)
         if evaluator_type == "lvis":
             try:
                 import lvis  # noqa: F401
