@@ -11,13 +11,13 @@ Everything but argument parsing lives in atss_d2: the trainer (atss_d2.engine.AT
 the dataset registration of --coco-dataset / --voc-dataset (atss_d2.data).
 """
 
-import logging
 import sys
 
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import atss_d2
 from atss_d2.checkpoint import CheckpointReadError, UnsafeCheckpointError, WeightsNotFoundError
@@ -41,6 +41,11 @@ def setup(args):
     merge_config_opts(cfg, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # atss_d2's own messages (what a weights file left from scratch, data warnings) go to the
+    # console and log.txt, as detectron2's do.
+    setup_logger(
+        cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="atss_d2", abbrev_name="atss_d2"
+    )
     return cfg
 
 
@@ -76,7 +81,6 @@ def get_parser():
 
 if __name__ == "__main__":
     args = get_parser().parse_args()
-    logging.getLogger("atss_d2").setLevel(logging.INFO)
     print("Command Line Args:", args)
     try:
         launch(

@@ -177,12 +177,14 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         not_loaded = set(incompatible.missing_keys)
         not_loaded.update(k for k, _, _ in incompatible.incorrect_shapes)
         report = LoadReport(getattr(self, "_given_path", ""))
+        report.parts = {part: (0, 0) for _, part in _PARTS}  # in this order in the log
         for name in self.model.state_dict():
             if name.rsplit(".", 1)[-1] in _CONFIG_BUFFERS or name.endswith("num_batches_tracked"):
                 continue
             part = _part_of(name)
             loaded, total = report.parts.get(part, (0, 0))
             report.parts[part] = (loaded + (name not in not_loaded), total + 1)
+        report.parts = {part: counts for part, counts in report.parts.items() if counts[1]}
         report.reinitialised = list(incompatible.incorrect_shapes)
         return report
 

@@ -181,13 +181,21 @@ class ATSSTrainer(DefaultTrainer):
         model = ATSSWithTTA(cfg, model)
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
         evaluators = [cls.build_evaluator(cfg, name, output_folder) for name in cfg.DATASETS.TEST]
-        res = cls.test(cfg, model, evaluators)
+        res = cls._by_dataset(cfg, cls.test(cfg, model, evaluators))
         res = OrderedDict((k + "_TTA", v) for k, v in res.items())
         for name, metrics in res.items():
             for task, values in metrics.items():
                 shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items() if "-" not in k)
                 logger.info(f"Evaluation results for {name} ({task}): {shown}")
         return res
+
+    @staticmethod
+    def _by_dataset(cfg, results) -> OrderedDict:
+        """``DefaultTrainer.test``'s results keyed by dataset name (it returns a single
+        dataset's results without the name)."""
+        if len(cfg.DATASETS.TEST) == 1 and cfg.DATASETS.TEST[0] not in results:
+            return OrderedDict([(cfg.DATASETS.TEST[0], results)])
+        return OrderedDict(results)
 
     @classmethod
     def evaluate_weights(cls, cfg, resume: bool = False):
@@ -204,7 +212,7 @@ class ATSSTrainer(DefaultTrainer):
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
         loaded = checkpointer.last_load_report
         warn_if_head_untrained(loaded.path if loaded else cfg.MODEL.WEIGHTS, loaded)
-        res = cls.test(cfg, model)
+        res = cls._by_dataset(cfg, cls.test(cfg, model))
         if cfg.TEST.AUG.ENABLED:
             res.update(cls.test_with_TTA(cfg, model))
         return res
