@@ -21,7 +21,7 @@ from detectron2.utils.logger import setup_logger
 
 import atss_d2
 from atss_d2.checkpoint import CheckpointReadError, UnsafeCheckpointError, WeightsNotFoundError
-from atss_d2.data import register_coco_dataset
+from atss_d2.data import register_datasets_from_args
 from atss_d2.engine import (
     ATSSTrainer,
     ConfigError,
@@ -50,8 +50,7 @@ def setup(args):
 
 
 def main(args):
-    for name, json_file, image_root in args.coco_dataset or []:
-        register_coco_dataset(name, json_file, image_root)
+    register_datasets_from_args(args.coco_dataset, args.voc_dataset, args.classes)
     cfg = setup(args)
     validate_config(cfg, train=not args.eval_only)  # datasets, NUM_CLASSES: before building
 
@@ -75,6 +74,19 @@ def get_parser():
         metavar=("NAME", "JSON", "IMAGE_DIR"),
         help="register a COCO-format dataset under NAME (repeatable), so that "
         "DATASETS.TRAIN / DATASETS.TEST can name it",
+    )
+    parser.add_argument(
+        "--voc-dataset",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "ANNOTATIONS_DIR", "IMAGES_DIR"),
+        help="register a folder of Pascal VOC XML files under NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--classes",
+        metavar="A,B,C",
+        help="class names (and their order) of the --voc-dataset folders; default: the sorted "
+        "union of the names in their XML files",
     )
     return parser
 

@@ -5,6 +5,9 @@ Run an ATSS model on images and write them with the detections drawn.
     python demo/demo.py --config-file configs/Shapes/atss_R_18_FPN_shapes.yaml \
         --input img1.png img2.png --output out/ \
         --opts MODEL.WEIGHTS output/demo/model_final.pth
+
+The boxes are labelled with the class names of the dataset given with ``--coco-dataset`` or
+``--voc-dataset`` (the first one), else of ``--classes``, else of ``DATASETS.TEST[0]``.
 """
 
 import argparse
@@ -13,22 +16,27 @@ import logging
 import os
 import sys
 import time
-from typing import List
+from typing import List, Optional
 
 import cv2
 import numpy as np
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import Metadata, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 import atss_d2
+from atss_d2.data import VOCAnnotationError, parse_class_names, register_datasets_from_args
 from atss_d2.engine import SafePredictor
 
 
 class UnreadableImageError(ValueError):
     """An input image is missing or cannot be decoded."""
+
+
+class ClassNamesError(ValueError):
+    """The class names for the drawn boxes are not as many as the model's classes."""
 
 
 def setup_cfg(args):
@@ -56,6 +64,26 @@ def get_parser():
         type=float,
         default=0.5,
         help="minimum score of the drawn detections",
+    )
+    parser.add_argument(
+        "--coco-dataset",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_DIR"),
+        help="register a COCO-format dataset under NAME (repeatable); the first dataset given "
+        "names the drawn classes",
+    )
+    parser.add_argument(
+        "--voc-dataset",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "ANNOTATIONS_DIR", "IMAGES_DIR"),
+        help="register a folder of Pascal VOC XML files under NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--classes",
+        help="comma-separated class names: the class order of --voc-dataset folders (default: "
+        "their sorted union), or, without a dataset flag, the names of the drawn classes",
     )
     parser.add_argument(
         "--opts",
@@ -97,17 +125,37 @@ def output_paths(inputs: List[str], output_dir: str) -> List[str]:
     return outs
 
 
+def class_metadata(cfg, registered: List[str], classes: Optional[str]) -> Metadata:
+    """The metadata whose ``thing_classes`` label the drawn boxes (see the module docstring);
+    raises :class:`ClassNamesError` if they are not ``MODEL.ATSS.NUM_CLASSES`` names."""
+    if registered:
+        metadata = MetadataCatalog.get(registered[0])
+    elif classes:
+        metadata = Metadata(name="--classes", thing_classes=parse_class_names(classes))
+    else:
+        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    names = metadata.get("thing_classes")
+    if names is not None and len(names) != cfg.MODEL.ATSS.NUM_CLASSES:
+        source = "--classes" if metadata.name == "--classes" else f"dataset {metadata.name!r}"
+        raise ClassNamesError(
+            f"{source} has {len(names)} class names {names[:8]}, but the model has "
+            f"MODEL.ATSS.NUM_CLASSES {cfg.MODEL.ATSS.NUM_CLASSES}"
+        )
+    return metadata
+
+
 def main(argv=None) -> List[str]:
     args = get_parser().parse_args(argv)
     setup_logger(name="fvcore")
     logger = setup_logger()
     logger.info("Arguments: " + str(args))
 
+    registered = register_datasets_from_args(args.coco_dataset, args.voc_dataset, args.classes)
     inputs = expand_inputs(args.input)
     images = [load_image(path) for path in inputs]  # fail before building the model
     cfg = setup_cfg(args)
+    metadata = class_metadata(cfg, registered, args.classes)
     predictor = SafePredictor(cfg)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused")
     # Class colours when the dataset defines them, otherwise detectron2's random ones.
     mode = ColorMode.SEGMENTATION if metadata.get("thing_colors") else ColorMode.IMAGE
 
@@ -129,6 +177,6 @@ def main(argv=None) -> List[str]:
 if __name__ == "__main__":
     try:
         main()
-    except UnreadableImageError as e:
+    except (UnreadableImageError, ClassNamesError, VOCAnnotationError, FileNotFoundError) as e:
         logging.getLogger("detectron2").error(str(e))
         sys.exit(f"demo.py: error: {e}")

@@ -46,6 +46,8 @@ def test_valid_dataset_registers_and_loads(dataset):
     json_file, image_dir = dataset
     name = _name()
     register_coco_dataset(name, str(json_file), str(image_dir))
+    # The class names are known before the dataset is loaded (NUM_CLASSES checks, demo labels).
+    assert MetadataCatalog.get(name).thing_classes == ["thing"]
     dicts = DatasetCatalog.get(name)
     assert len(dicts) == 1 and dicts[0]["annotations"][0]["bbox"] == [2, 3, 10, 12]
     meta = MetadataCatalog.get(name)

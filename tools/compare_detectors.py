@@ -8,6 +8,8 @@ data, solver and number of iterations, each model evaluated with COCO AP.
     python tools/compare_detectors.py --coco-dataset my_train train.json images/ \\
         --coco-dataset my_val val.json images/ --train-datasets my_train --test-dataset my_val \\
         MODEL.ATSS.NUM_CLASSES 5
+    python tools/compare_detectors.py --voc-dataset my_voc Annotations/ JPEGImages/ \\
+        --classes cat,dog --train-datasets my_voc --test-dataset my_voc MODEL.ATSS.NUM_CLASSES 2
 
 Everything is derived from the ATSS config (``--config-file``, default the shapes config):
 
@@ -54,7 +56,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 import atss_d2
-from atss_d2.data import register_coco_dataset
+from atss_d2.data import register_datasets_from_args
 from atss_d2.engine import ATSSTrainer, merge_config_file, merge_config_opts
 from atss_d2.modeling.backbone import build_atss_resnet_fpn_backbone
 from atss_d2.solver import build_optimizer
@@ -214,7 +216,9 @@ def train_and_evaluate(base: CfgNode, name: str, out_dir: str, test_dataset: str
     results = CompareTrainer.test(eval_cfg, trainer.model)
     eval_s = time.perf_counter() - start
 
-    iter_times = [t for t, _ in trainer.storage.history("time").values()]
+    # detectron2's IterationTimer records "time" only after its 3 warm-up iterations.
+    histories = trainer.storage.histories()
+    iter_times = [t for t, _ in histories["time"].values()] if "time" in histories else []
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
     bbox = results["bbox"]
     return {
@@ -310,6 +314,18 @@ def get_parser() -> argparse.ArgumentParser:
         metavar=("NAME", "JSON", "IMAGE_DIR"),
         help="register a COCO-format dataset under NAME (repeatable)",
     )
+    parser.add_argument(
+        "--voc-dataset",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "ANNOTATIONS_DIR", "IMAGES_DIR"),
+        help="register a folder of Pascal VOC XML files under NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--classes",
+        help="comma-separated class names of the --voc-dataset folders (default: their sorted "
+        "union)",
+    )
     parser.add_argument("--plot", action="store_true", help="also write compare.png")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
@@ -322,8 +338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise SystemExit(f"compare_detectors.py: unknown models {unknown}; choose from {MODELS}")
-    for name, json_file, image_root in args.coco_dataset or []:
-        register_coco_dataset(name, json_file, image_root)
+    register_datasets_from_args(args.coco_dataset, args.voc_dataset, args.classes)
     setup_logger(name="detectron2")
     setup_logger(name="atss_d2")
     base = build_base_config(args)

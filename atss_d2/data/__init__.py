@@ -1,31 +1,44 @@
 """
-Datasets: the built-in synthetic "shapes" dataset and registration of COCO-format datasets.
+Datasets: the built-in synthetic "shapes" dataset, and registration of COCO-format datasets
+(:func:`register_coco_dataset`) and of Pascal VOC XML folders (:func:`register_voc_dataset`),
+both checked when registered, with errors that name the file.
 
 ``import atss_d2.data`` registers ``shapes_train`` and ``shapes_val`` with detectron2. They are
 lazy: the images are drawn (once, then reused from disk) the first time the dataset is loaded,
 under ``$ATSS_D2_DATASETS/shapes`` or, by default, ``datasets/shapes`` at the repository root.
+
+Scripts register the datasets of their command line (``--coco-dataset NAME JSON IMAGE_DIR``,
+``--voc-dataset NAME ANNOTATIONS_DIR IMAGES_DIR``, ``--classes a,b,c``) with
+:func:`register_datasets_from_args`.
 """
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from .coco import register_coco_dataset, validate_coco_json
 from .shapes import SHAPES_CLASSES, SHAPES_COLORS, SHAPES_SPLITS, ShapesSpec, generate_shapes
+from .voc import VOCAnnotationError, load_voc_folder, register_voc_dataset, voc_class_names
 
 __all__ = [
     "SHAPES_CLASSES",
     "SHAPES_SPLITS",
     "ShapesSpec",
+    "VOCAnnotationError",
     "datasets_root",
     "generate_shapes",
     "load_shapes",
+    "load_voc_folder",
+    "parse_class_names",
     "register_coco_dataset",
+    "register_datasets_from_args",
     "register_shapes",
+    "register_voc_dataset",
     "validate_coco_json",
+    "voc_class_names",
 ]
 
 
@@ -87,6 +100,52 @@ def register_shapes(
         thing_colors=[list(c) for c in SHAPES_COLORS],
         evaluator_type="coco",
     )
+
+
+def parse_class_names(text: str) -> List[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]`` (a ``--classes`` value); an empty name is an error."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise ValueError(f"--classes {text!r}: expected comma-separated names, e.g. 'cat,dog'")
+    return names
+
+
+def register_datasets_from_args(
+    coco: Optional[Iterable[Sequence[str]]] = None,
+    voc: Optional[Iterable[Sequence[str]]] = None,
+    classes: Union[None, str, Sequence[str]] = None,
+) -> List[str]:
+    """
+    Register the datasets named on a command line, for ``train_net.py``, ``demo/demo.py`` and
+    ``tools/compare_detectors.py``.
+
+    Args:
+        coco: (NAME, JSON, IMAGE_DIR) triples, as argparse gives ``--coco-dataset`` with
+            ``nargs=3, action="append"`` (None when the flag is absent); see
+            :func:`register_coco_dataset`.
+        voc: (NAME, ANNOTATIONS_DIR, IMAGES_DIR) triples of ``--voc-dataset``; see
+            :func:`register_voc_dataset` (difficult objects: "ignore").
+        classes: the class names of the VOC folders (``--classes``: a comma-separated string,
+            or a list); None: the sorted union over all the folders given
+            (:func:`voc_class_names`), so that a train and a val folder share the class ids
+            even when one lacks a class. COCO jsons declare their own.
+
+    Returns:
+        the registered names, COCO datasets first, each in the order given.
+    """
+    if isinstance(classes, str):
+        classes = parse_class_names(classes)
+    voc = list(voc or [])
+    if classes is None and len(voc) > 1:
+        classes = voc_class_names([annotations_dir for _, annotations_dir, _ in voc])
+    names = []
+    for name, json_file, image_root in coco or []:
+        register_coco_dataset(name, json_file, image_root)
+        names.append(name)
+    for name, annotations_dir, images_dir in voc:
+        register_voc_dataset(name, annotations_dir, images_dir, classes=classes)
+        names.append(name)
+    return names
 
 
 def _register_builtin() -> None:

@@ -121,6 +121,9 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
     Image files are not opened here; missing ones are counted in a warning (training stops
     on them unless ``DATALOADER.SKIP_UNREADABLE_IMAGES``).
 
+    The metadata gets ``thing_classes`` now (the category names ordered by id, as
+    ``load_coco_json`` sets them when the dataset is loaded).
+
     Raises:
         FileNotFoundError: ``json_file`` or ``image_root`` does not exist.
         ValueError: see :func:`validate_coco_json`; or ``name`` is taken.
@@ -151,4 +154,10 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
             f"{len(missing)} of the {len(data['images'])} images listed in {json_file} are not "
             f"in {image_root}, e.g. {missing[:3]}"
         )
-    register_coco_instances(name, {}, json_file, image_root)
+    categories = data["categories"]
+    metadata = {}
+    if all(isinstance(c["id"], int) for c in categories):
+        # The names in the order load_coco_json gives them (by id), known before the json is
+        # loaded again: for NUM_CLASSES checks and the names of drawn boxes.
+        metadata["thing_classes"] = [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+    register_coco_instances(name, metadata, json_file, image_root)
