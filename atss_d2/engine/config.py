@@ -162,10 +162,31 @@ def _check_datasets_registered(names: Iterable[str], key: str) -> None:
             close = difflib.get_close_matches(name, registered, n=3)
             hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
             raise ConfigError(
-                f"{key} names dataset {name!r}, which is not registered.{hint} Register a "
-                "COCO-format dataset with train_net.py --coco-dataset NAME JSON IMAGE_DIR "
-                "(or atss_d2.data.register_coco_dataset)."
+                f"{key} names dataset {name!r}, which is not registered.{hint} {_REGISTER_HINT}"
             )
+        _check_dataset_files(name, key)
+
+
+_REGISTER_HINT = (
+    "Register your own data with train_net.py --coco-dataset NAME JSON IMAGE_DIR or "
+    "--voc-dataset NAME ANNOTATIONS_DIR IMAGES_DIR (atss_d2.data.register_coco_dataset / "
+    "register_voc_dataset)."
+)
+
+
+def _check_dataset_files(name: str, key: str) -> None:
+    """A registered dataset whose files are not on disk (detectron2's built-in COCO, VOC and
+    LVIS splits, registered whether or not they were downloaded) stops here, naming the path."""
+    meta = MetadataCatalog.get(name)
+    paths = [meta.get(k) for k in ("json_file", "image_root", "dirname")]
+    missing = [p for p in paths if isinstance(p, str) and "://" not in p and not os.path.exists(p)]
+    if missing:
+        raise ConfigError(
+            f"{key} names dataset {name!r}, whose files are not on disk: {missing[0]} does not "
+            "exist. detectron2's built-in datasets are looked up under $DETECTRON2_DATASETS "
+            f"(default ./datasets, now {os.environ.get('DETECTRON2_DATASETS', 'datasets')!r}). "
+            + _REGISTER_HINT
+        )
 
 
 def check_num_classes(cfg: CfgNode, dataset_names: Iterable[str]) -> List[str]:
