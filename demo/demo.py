@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from typing import List, Optional
 
 import cv2
@@ -144,9 +145,20 @@ def class_metadata(cfg, registered: List[str], classes: Optional[str]) -> Metada
     return metadata
 
 
+def describe(instances, metadata: Metadata) -> str:
+    """ " (cat x2, dog)": the classes of the detections, most frequent first."""
+    if not len(instances):
+        return ""
+    names = metadata.get("thing_classes") or []
+    labels = [names[c] if c < len(names) else f"class {c}" for c in instances.pred_classes.tolist()]
+    counts = Counter(labels).most_common()
+    return " (" + ", ".join(n if k == 1 else f"{n} x{k}" for n, k in counts) + ")"
+
+
 def main(argv=None) -> List[str]:
     args = get_parser().parse_args(argv)
     setup_logger(name="fvcore")
+    setup_logger(name="atss_d2", abbrev_name="atss_d2")  # e.g. "the head is randomly initialised"
     logger = setup_logger()
     logger.info("Arguments: " + str(args))
 
@@ -169,7 +181,8 @@ def main(argv=None) -> List[str]:
         if not cv2.imwrite(out, drawn[:, :, ::-1]):
             raise OSError(f"could not write {out}")
         logger.info(
-            f"{path}: {len(instances)} detections in {time.perf_counter() - start:.2f}s -> {out}"
+            f"{path}: {len(instances)} detections{describe(instances, metadata)} in "
+            f"{time.perf_counter() - start:.2f}s -> {out}"
         )
     return outs
 
