@@ -19,8 +19,11 @@ import yaml
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..config_checks import ConfigError, check_atss_config
+
 __all__ = [
     "ConfigError",
+    "check_atss_config",
     "check_num_classes",
     "merge_config_file",
     "merge_config_opts",
@@ -34,10 +37,6 @@ _TYPE_MISMATCH = re.compile(
     r"Type mismatch \((.*) vs\. (.*)\) with values \((.*) vs\. (.*)\) for config key: (\S+)",
     re.S,
 )
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key and where it was set."""
 
 
 def _all_keys(cfg: CfgNode, prefix: str = "") -> List[str]:
@@ -224,6 +223,7 @@ def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
     Raises:
         ConfigError: naming the key and the problem.
     """
+    check_atss_config(cfg)
     if train:
         if not cfg.DATASETS.TRAIN:
             raise ConfigError("DATASETS.TRAIN is empty; name at least one training dataset")

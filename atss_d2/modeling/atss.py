@@ -15,6 +15,7 @@ from detectron2.utils.events import get_event_storage
 from fvcore.nn import sigmoid_focal_loss_jit
 from torch import Tensor, nn
 
+from ..config_checks import ConfigError, check_atss_config
 from .box_coder import ATSSBoxCoder, ATSSPointCoder
 from .head import ATSSHead
 from .losses import centerness_target, giou_loss, reduce_mean
@@ -123,11 +124,12 @@ class ATSS(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg):
+        check_atss_config(cfg)  # a sentence naming the key, before any constructor fails
         backbone = build_backbone(cfg)
         backbone_shape = backbone.output_shape()
         missing = [f for f in cfg.MODEL.ATSS.IN_FEATURES if f not in backbone_shape]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.ATSS.IN_FEATURES names {missing}, which the backbone "
                 f"{cfg.MODEL.BACKBONE.NAME} does not output (it has {sorted(backbone_shape)})"
             )

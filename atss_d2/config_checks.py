@@ -1,0 +1,130 @@
+"""
+Checks of the values of ``MODEL.ATSS`` (and the anchor keys it depends on), run before a model
+is built, so that a wrong value stops with a sentence naming the key, the value and what is
+allowed instead of a traceback from deep inside a constructor.
+"""
+
+import math
+from numbers import Real
+from typing import Any, Iterable
+
+from detectron2.config import CfgNode
+
+__all__ = ["ConfigError", "check_atss_config"]
+
+NORMS = ("", "GN", "BN", "SyncBN", "FrozenBN", "naiveSyncBN", "nnSyncBN", "LN")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and where it was set."""
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{key} is {value!r}; {allowed}")
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        _fail(key, value, "expected a finite number")
+    return float(value)
+
+
+def _at_least(key: str, value: Any, low: float, integer: bool = True) -> None:
+    if integer and (isinstance(value, bool) or not isinstance(value, int)):
+        _fail(key, value, f"expected an integer >= {low}")
+    if _number(key, value) < low:
+        _fail(key, value, f"expected {'an integer' if integer else 'a number'} >= {low}")
+
+
+def _within(key: str, value: Any, low: float, high: float, open_ends: bool = False) -> None:
+    v = _number(key, value)
+    inside = low < v < high if open_ends else low <= v <= high
+    if not inside:
+        brackets = f"({low}, {high})" if open_ends else f"[{low}, {high}]"
+        _fail(key, value, f"expected a number in {brackets}")
+
+
+def _one_of(key: str, value: Any, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        _fail(key, value, f"expected one of {', '.join(map(repr, allowed))}")
+
+
+def _per_level(key: str, value: Any, num_levels: int) -> None:
+    """detectron2's anchor generator takes one entry per level, or one entry for all."""
+    if not isinstance(value, (list, tuple)) or len(value) not in (1, num_levels):
+        _fail(
+            key,
+            value,
+            f"expected one list per level of MODEL.ATSS.IN_FEATURES ({num_levels} levels), or "
+            "one list for all",
+        )
+    for entry in value:
+        if not isinstance(entry, (list, tuple)) or not entry:
+            _fail(key, value, "expected a non-empty list of numbers per level, e.g. [[64], [128]]")
+        for v in entry:
+            if _number(key, v) <= 0:
+                _fail(key, value, "expected positive numbers")
+
+
+def check_atss_config(cfg: CfgNode) -> None:
+    """
+    Check every ``MODEL.ATSS`` value (ranges, allowed names, list lengths), and the anchor
+    sizes and aspect ratios (one list per head level). Whether the backbone produces
+    ``MODEL.ATSS.IN_FEATURES`` is checked once it is built (:meth:`ATSS.from_config`).
+
+    Raises:
+        ConfigError: naming the key, its value and what is allowed.
+    """
+    a = cfg.MODEL.ATSS
+    _at_least("MODEL.ATSS.NUM_CLASSES", a.NUM_CLASSES, 1)
+    if not a.IN_FEATURES or not all(isinstance(f, str) for f in a.IN_FEATURES):
+        _fail("MODEL.ATSS.IN_FEATURES", a.IN_FEATURES, "expected a list of feature names")
+    if len(set(a.IN_FEATURES)) != len(a.IN_FEATURES):
+        _fail("MODEL.ATSS.IN_FEATURES", a.IN_FEATURES, "expected each feature once")
+    _at_least("MODEL.ATSS.NUM_CONVS", a.NUM_CONVS, 0)
+    _one_of("MODEL.ATSS.NORM", a.NORM, NORMS)
+    if a.NORM == "GN" and a.NUM_CONVS > 0 and cfg.MODEL.FPN.OUT_CHANNELS % 32:
+        _fail(
+            "MODEL.ATSS.NORM",
+            a.NORM,
+            f"GroupNorm's 32 groups need MODEL.FPN.OUT_CHANNELS divisible by 32, got "
+            f"{cfg.MODEL.FPN.OUT_CHANNELS}",
+        )
+    _within("MODEL.ATSS.PRIOR_PROB", a.PRIOR_PROB, 0.0, 1.0, open_ends=True)
+    _at_least("MODEL.ATSS.TOPK", a.TOPK, 1)
+    _at_least("MODEL.ATSS.MATCHER_GT_CHUNK", a.MATCHER_GT_CHUNK, 1)
+    _within("MODEL.ATSS.FOCAL_LOSS_ALPHA", a.FOCAL_LOSS_ALPHA, 0.0, 1.0)
+    _at_least("MODEL.ATSS.FOCAL_LOSS_GAMMA", a.FOCAL_LOSS_GAMMA, 0.0, integer=False)
+    _at_least("MODEL.ATSS.REG_LOSS_WEIGHT", a.REG_LOSS_WEIGHT, 0.0, integer=False)
+    weights = a.BBOX_REG_WEIGHTS
+    if (
+        not isinstance(weights, (list, tuple))
+        or len(weights) != 4
+        or any(_number("MODEL.ATSS.BBOX_REG_WEIGHTS", w) <= 0 for w in weights)
+    ):
+        _fail("MODEL.ATSS.BBOX_REG_WEIGHTS", weights, "expected four positive numbers")
+    _one_of("MODEL.ATSS.REGRESSION_TYPE", a.REGRESSION_TYPE, ("BOX", "POINT"))
+    _within("MODEL.ATSS.SCORE_THRESH_TEST", a.SCORE_THRESH_TEST, 0.0, 1.0)
+    _at_least("MODEL.ATSS.TOPK_CANDIDATES_TEST", a.TOPK_CANDIDATES_TEST, 1)
+    _one_of("MODEL.ATSS.CANDIDATE_RANKING_TEST", a.CANDIDATE_RANKING_TEST, ("cls", "cls_ctr"))
+    _within("MODEL.ATSS.NMS_THRESH_TEST", a.NMS_THRESH_TEST, 0.0, 1.0)
+    _one_of("MODEL.ATSS.SCORE_MODE", a.SCORE_MODE, ("sqrt", "product"))
+    _at_least("MODEL.ATSS.SIZE_DIVISIBILITY", a.SIZE_DIVISIBILITY, 0)
+    _one_of("MODEL.ATSS.TTA_MERGE", a.TTA_MERGE, ("nms", "vote"))
+    _within("MODEL.ATSS.TTA_VOTE_THRESH", a.TTA_VOTE_THRESH, 0.0, 1.0)
+    if not isinstance(a.FPN.TOP_BLOCK_IN_FEATURE, str) or not a.FPN.TOP_BLOCK_IN_FEATURE:
+        _fail("MODEL.ATSS.FPN.TOP_BLOCK_IN_FEATURE", a.FPN.TOP_BLOCK_IN_FEATURE, "expected a name")
+    _at_least("TEST.DETECTIONS_PER_IMAGE", cfg.TEST.DETECTIONS_PER_IMAGE, 1)
+    levels = len(a.IN_FEATURES)
+    _per_level("MODEL.ANCHOR_GENERATOR.SIZES", cfg.MODEL.ANCHOR_GENERATOR.SIZES, levels)
+    ratios = cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS
+    _per_level("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", ratios, levels)
+    if a.REGRESSION_TYPE == "POINT":
+        anchors = [len(s) * len(r) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES for r in ratios]
+        if max(anchors) != 1:
+            _fail(
+                "MODEL.ATSS.REGRESSION_TYPE",
+                a.REGRESSION_TYPE,
+                "'POINT' needs one anchor per location (one size and one aspect ratio per level)",
+            )
