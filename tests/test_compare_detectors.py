@@ -1,5 +1,7 @@
 """tools/compare_detectors.py on a tiny generated set, 3 iterations per model: every model
-trains, is evaluated, and gets a finite AP in the table and in results.json."""
+trains, is evaluated, and gets a finite AP in the table and in results.json. Plumbing only: 3
+iterations teach nothing, so the APs are only checked to be finite and in [0, 100] (a model that
+never detects passes); no test here compares the detectors' quality."""
 
 import importlib.util
 import json
@@ -35,7 +37,9 @@ def tiny(tmp_path_factory):
     return name, str(split / "annotations.json"), str(split / "images")
 
 
-def test_every_model_trains_and_gets_a_finite_ap(tiny, tmp_path):
+def test_plumbing_every_model_trains_and_gets_a_finite_ap(tiny, tmp_path):
+    """Plumbing only: the AP of each model is checked to be finite and in [0, 100], not to be
+    good (after 3 iterations a model that never detects is expected and passes)."""
     name, json_file, image_dir = tiny
     data = json.load(open(json_file))
     with_boxes = {a["image_id"] for a in data["annotations"]}

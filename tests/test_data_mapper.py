@@ -4,6 +4,10 @@ out-of-image boxes, thousands of boxes, grayscale / 16-bit / RGBA / palette imag
 huge images, undeclared categories, missing and corrupt files.
 """
 
+import collections
+import contextlib
+import copy
+import itertools
 import logging
 import math
 
@@ -13,6 +17,7 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from PIL import Image
 from tiny_setup import draw_image, one_torch_thread, registered, tiny_cfg, write_png
@@ -146,10 +151,13 @@ def test_degenerate_boxes_are_dropped_and_counted(cfg, files, caplog):
         anno([1, 1, float("inf"), 5]),
         anno([70, 50, 95, 90], 1),  # partly outside: clipped to (70, 50, 80, 64)
     ]
-    original = [dict(a) for a in annotations]
+    dataset_dict = record(files["rgb"], 64, 80, annotations)
+    # Input untouched: compared with a deep copy (the NaN bbox value is the same float object in
+    # both, so list equality holds for it exactly as long as nothing is replaced or changed).
+    original = copy.deepcopy(dataset_dict)
     with caplog.at_level(logging.WARNING, logger="atss_d2.data.mapper"):
-        out = mapper(record(files["rgb"], 64, 80, annotations))
-    assert annotations == original or np.isnan(annotations[6]["bbox"][0])  # input untouched
+        out = mapper(dataset_dict)
+    assert dataset_dict == original
     inst = out["instances"]
     assert inst.gt_boxes.tensor.tolist() == [[10, 10, 40, 40], [70, 50, 80, 64]]
     assert inst.gt_classes.tolist() == [0, 1]
@@ -271,3 +279,27 @@ def test_trainer_loader_uses_the_robust_mapper(cfg, files, tmp_path):
         history = trainer.storage.history("total_loss").values()
         assert len(history) == 2 and all(math.isfinite(v) for v, _ in history)
     assert "mapper_weird_train" not in MetadataCatalog.list()
+
+
+def test_unreadable_images_are_skipped_inside_loader_workers(files, tmp_path):
+    """NUM_WORKERS 2: the trainer's SkippingMapDataset and skipping mapper run in worker
+    processes (each with its own copy), and the unreadable images never come out."""
+    keys = ["rgb", "missing", "gray", "garbage", "rgba", "palette"]
+    dataset = [record(files[k], 64, 80, [anno([10, 10, 40, 40])], i) for i, k in enumerate(keys)]
+    with registered("mapper_workers_train", dataset) as name:
+        cfg = tiny_cfg(
+            tmp_path, "DATASETS.TRAIN", f"('{name}',)",
+            "DATALOADER.NUM_WORKERS", "2", "DATALOADER.SKIP_UNREADABLE_IMAGES", "True",
+        )  # fmt: skip
+        seed_all_rng(0)
+        loader = ATSSTrainer.build_train_loader(cfg)
+        assert loader.dataset.num_workers == 2  # the torch DataLoader under the batching
+        # 6 batches of 2: the first 12 indices of the sampler (the workers take turns, in
+        # order), i.e. two shuffled passes over the 6 images.
+        with contextlib.closing(iter(loader)) as batches:
+            seen = [d for batch in itertools.islice(batches, 6) for d in batch]
+    assert all(d["image"].shape == (3, 64, 80) for d in seen)
+    # Per pass, each readable image once for its own index, and an unreadable one replaced by
+    # the next image in dataset order: "missing" by "gray", "garbage" by "rgba".
+    counts = collections.Counter(d["file_name"] for d in seen)
+    assert counts == {files["rgb"]: 2, files["gray"]: 4, files["rgba"]: 4, files["palette"]: 2}

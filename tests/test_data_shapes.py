@@ -10,8 +10,16 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-import atss_d2  # noqa: F401  (registration)
-from atss_d2.data import SHAPES_CLASSES, SHAPES_SPLITS, ShapesSpec, generate_shapes, register_shapes
+import atss_d2.data  # registration
+from atss_d2.data import (
+    SHAPES_CLASSES,
+    SHAPES_SPLITS,
+    ShapesSpec,
+    datasets_root,
+    generate_shapes,
+    load_shapes,
+    register_shapes,
+)
 
 SMALL = ShapesSpec(num_images=24, seed=5)
 
@@ -127,3 +135,86 @@ def test_builtin_registration_is_lazy(tmp_path):
     assert dicts[0]["height"] == 48 and dicts[0]["width"] == 64
     meta = MetadataCatalog.get("shapes_test_lazy")
     assert meta.json_file == str(tmp_path / "shapes" / "lazy" / "annotations.json")
+
+
+# First-run generation of the built-in dataset, at a tiny size.
+TINY = ShapesSpec(num_images=3, height=32, width=40, min_size=8, max_size=20, seed=2)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fake_package(monkeypatch, checkout: Path, editable: bool) -> None:
+    """Make atss_d2.data believe it lives in ``checkout/atss_d2/data`` (a source checkout when
+    ``editable``: ``checkout/setup.py`` exists; an installed copy otherwise)."""
+    checkout.mkdir(parents=True)
+    if editable:
+        (checkout / "setup.py").write_text("")
+    monkeypatch.setattr(atss_d2.data, "__file__", str(checkout / "atss_d2" / "data" / "x.py"))
+
+
+def test_datasets_root_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("ATSS_D2_DATASETS", raising=False)
+    # This checkout (editable install: setup.py next to the package): REPO/datasets. Only the
+    # path is checked; nothing is written there.
+    assert datasets_root() == REPO / "datasets"
+    monkeypatch.setenv("ATSS_D2_DATASETS", "")  # empty: as if unset
+    assert datasets_root() == REPO / "datasets"
+    monkeypatch.setenv("ATSS_D2_DATASETS", str(tmp_path / "env"))
+    assert datasets_root() == tmp_path / "env"
+    assert datasets_root(tmp_path / "given") == tmp_path / "given"  # an argument beats both
+
+    monkeypatch.delenv("ATSS_D2_DATASETS")
+    _fake_package(monkeypatch, tmp_path / "checkout", editable=True)
+    assert datasets_root() == tmp_path / "checkout" / "datasets"
+    _fake_package(monkeypatch, tmp_path / "site-packages", editable=False)
+    assert datasets_root() == Path("datasets")  # relative: the working directory's
+
+
+def _assert_tiny_split(dicts, split_dir: Path):
+    assert len(dicts) == TINY.num_images
+    assert [d["file_name"] for d in dicts] == [
+        str(split_dir / "images" / f"{i:06d}.png") for i in range(TINY.num_images)
+    ]
+    assert all(Path(d["file_name"]).is_file() for d in dicts)
+    assert {(d["height"], d["width"]) for d in dicts} == {(32, 40)}
+    assert _read(split_dir)["info"]["spec"]["num_images"] == TINY.num_images
+
+
+def test_builtin_split_is_drawn_under_the_environment_root_on_first_load(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATSS_D2_DATASETS", str(tmp_path))
+    monkeypatch.setitem(SHAPES_SPLITS, "val", TINY)  # the registered shapes_val, tiny
+    meta = MetadataCatalog.get("shapes_val")
+    # What an earlier load in this process may have set (loading sets it, and refuses to change
+    # it): put aside for this test, restored after it.
+    saved = {k: meta.get(k) for k in ("json_file", "image_root") if hasattr(meta, k)}
+    for key in saved:
+        delattr(meta, key)
+    split_dir = tmp_path / "shapes" / "val"
+    assert not split_dir.exists()
+    try:
+        dicts = DatasetCatalog.get("shapes_val")
+        _assert_tiny_split(dicts, split_dir)
+        assert meta.json_file == str(split_dir / "annotations.json")
+        assert meta.image_root == str(split_dir / "images")
+        stamp = (split_dir / "annotations.json").stat().st_mtime_ns
+        assert len(DatasetCatalog.get("shapes_val")) == TINY.num_images
+        assert (split_dir / "annotations.json").stat().st_mtime_ns == stamp  # reused
+    finally:
+        for key in ("json_file", "image_root"):
+            if hasattr(meta, key):
+                delattr(meta, key)
+        meta.set(**saved)
+
+
+def test_first_load_draws_under_the_default_root(monkeypatch, tmp_path):
+    monkeypatch.delenv("ATSS_D2_DATASETS", raising=False)
+    # A source checkout in tmp_path stands in for this one: datasets/ next to setup.py.
+    _fake_package(monkeypatch, tmp_path / "checkout", editable=True)
+    dicts = load_shapes("first", spec=TINY)
+    _assert_tiny_split(dicts, tmp_path / "checkout" / "datasets" / "shapes" / "first")
+
+    # An installed copy: ./datasets in the working directory.
+    _fake_package(monkeypatch, tmp_path / "site-packages", editable=False)
+    monkeypatch.chdir(tmp_path)
+    dicts = load_shapes("second", spec=TINY)
+    _assert_tiny_split(dicts, Path("datasets") / "shapes" / "second")
+    assert (tmp_path / "datasets" / "shapes" / "second" / "annotations.json").is_file()

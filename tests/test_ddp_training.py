@@ -17,7 +17,7 @@ from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
-from tiny_setup import REPO, free_port, gloo_process_group, one_torch_thread, tiny_cfg
+from tiny_setup import REPO, gloo_process_group, one_torch_thread, tiny_cfg
 from torch.nn.parallel import DistributedDataParallel
 
 from atss_d2 import add_atss_config
@@ -46,8 +46,8 @@ def gradients(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _worker(rank, world_size, port, cfg, out_dir):
-    with gloo_process_group(rank, world_size, port, timeout_s=120):
+def _worker(rank, world_size, rendezvous_file, cfg, out_dir):
+    with gloo_process_group(rank, world_size, rendezvous_file, timeout_s=120):
         model = new_model(cfg)
         # As detectron2's create_ddp_model, without device_ids (CPU).
         ddp = DistributedDataParallel(model, broadcast_buffers=False)
@@ -87,7 +87,8 @@ def test_two_process_gloo_matches_one_process_on_the_combined_batch(tmp_path):
     trainable = [n for n, p in reference.named_parameters() if p.requires_grad]
     assert sorted(expected) == sorted(trainable)  # single process: every parameter used
 
-    mp.spawn(_worker, args=(2, free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    rendezvous = str(tmp_path / "rendezvous")
+    mp.spawn(_worker, args=(2, rendezvous, cfg, str(tmp_path)), nprocs=2, join=True)
 
     ranks = [torch.load(tmp_path / f"grads{r}.pt", weights_only=False) for r in range(2)]
     for r, result in enumerate(ranks):

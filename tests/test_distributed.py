@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tiny_setup import free_port, gloo_process_group
+from tiny_setup import gloo_process_group
 
 # Every worker's anchors are copies of this box, decoded with deltas (1, 0, 5 ln 2, 0) to
 # [-4, 0, 16, 10]: against the GT (the anchor itself) GIoU loss 0.5, centerness target 1.
@@ -48,8 +48,8 @@ def _bce(x, t):
     return -(t * math.log(p) + (1 - t) * math.log(1 - p))
 
 
-def _worker(rank, world_size, port, out_dir):
-    with gloo_process_group(rank, world_size, port, timeout_s=60):
+def _worker(rank, world_size, rendezvous_file, out_dir):
+    with gloo_process_group(rank, world_size, rendezvous_file, timeout_s=60):
         from detectron2.structures import Boxes
         from torch import nn
 
@@ -107,8 +107,9 @@ def _expected(name, rank):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_normalisers_are_averaged_over_workers(tmp_path):
+    rendezvous = str(tmp_path / "rendezvous")
     ctx = mp.start_processes(
-        _worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+        _worker, args=(2, rendezvous, str(tmp_path)), nprocs=2, join=False, start_method="spawn"
     )
     deadline = time.time() + 120
     while not ctx.join(timeout=5):

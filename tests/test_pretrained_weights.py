@@ -162,7 +162,9 @@ def test_a_fetched_pickle_that_would_run_code_is_refused(server, tmp_path):
         pickle.dump({"model": {"x": _RunsCode()}, "__author__": "x"}, f)
     model = build_model(tiny_cfg(tmp_path))
     with pytest.raises(UnsafeCheckpointError, match="evil.pkl.*posix.system|evil.pkl.*os.system"):
-        SafeDetectionCheckpointer(model).load("detectron2://ImageNetPretrained/atss-d2-test/evil.pkl")
+        SafeDetectionCheckpointer(model).load(
+            "detectron2://ImageNetPretrained/atss-d2-test/evil.pkl"
+        )
 
 
 def test_a_url_that_cannot_be_fetched_names_the_url(server, tmp_path):

@@ -11,6 +11,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from detectron2.engine import hooks
+from tiny_setup import image_dicts, one_torch_thread, registered, tiny_cfg
 from torch import nn
 
 from atss_d2.checkpoint import (
@@ -19,6 +21,7 @@ from atss_d2.checkpoint import (
     load_checkpoint_file,
     save_detectron2_checkpoint,
 )
+from atss_d2.engine import ATSSTrainer, SafeAtomicCheckpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -167,3 +170,35 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
         load_checkpoint_file(path)
     with pytest.raises(FileNotFoundError):
         load_checkpoint_file(str(tmp_path / "absent.pth"))
+
+
+def test_trainer_installs_the_safe_atomic_checkpointer(tmp_path):
+    """Through a built ATSSTrainer: its checkpointer, the one its PeriodicCheckpointer hook
+    saves with, is a SafeAtomicCheckpointer, and resume_or_load refuses a planted MODEL.WEIGHTS
+    file and a planted ``last_checkpoint`` without running their payload."""
+    marker, files = planted_files(tmp_path)
+    dicts = image_dicts(tmp_path / "images", num_images=2)
+    with one_torch_thread(), registered("safe_ckpt_trainer", dicts) as name:
+        out = tmp_path / "out"
+        cfg = tiny_cfg(out, "DATASETS.TRAIN", f"('{name}',)", "MODEL.WEIGHTS", files["zip"])
+        trainer = ATSSTrainer(cfg)
+
+        checkpointer = trainer.checkpointer
+        assert isinstance(checkpointer, SafeAtomicCheckpointer)
+        assert checkpointer.model is trainer.model and checkpointer.save_dir == str(out)
+        assert list(checkpointer.checkpointables) == ["trainer"]  # as DefaultTrainer's
+        periodic = [h for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
+        assert len(periodic) == 1 and periodic[0].checkpointer is checkpointer
+
+        with pytest.raises(UnsafeCheckpointError, match="Refusing to load") as e:
+            trainer.resume_or_load(resume=False)  # loads MODEL.WEIGHTS
+        assert files["zip"] in str(e.value)
+        assert not os.path.exists(marker)
+
+        # Resuming from OUTPUT_DIR: a planted file named by last_checkpoint is refused too.
+        out.mkdir(exist_ok=True)
+        os.replace(files["legacy"], out / "model_0000009.pth")
+        (out / "last_checkpoint").write_text("model_0000009.pth")
+        with pytest.raises(UnsafeCheckpointError, match="model_0000009.pth"):
+            trainer.resume_or_load(resume=True)
+        assert not os.path.exists(marker)

@@ -1,6 +1,6 @@
-"""A few dozen CPU iterations of the shapes config on a tiny generated set: the loss falls and
-COCO evaluation gives a finite AP; train_net.py trains on it through --coco-dataset; the demo
-script runs end to end."""
+"""A few dozen seeded CPU iterations of the shapes config on a tiny generated set: the loss falls
+and COCO evaluation gives an AP above a measured threshold. Plumbing only (3 iterations, AP just
+finite): train_net.py trains on it through --coco-dataset; the demo script runs end to end."""
 
 import importlib.util
 import json
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.utils.env import seed_all_rng
 from PIL import Image
-from tiny_setup import TINY_SHAPES_OPTS, tiny_shapes
+from tiny_setup import TINY_SHAPES_OPTS, tiny_shapes, warm_up_scripted_focal_loss
 
 import atss_d2
 from atss_d2.data import generate_shapes, register_coco_dataset
@@ -55,7 +56,7 @@ def tiny(tmp_path_factory):
     return name, json_file, image_dir
 
 
-def test_loss_falls_and_evaluation_gives_finite_ap(tiny, tmp_path):
+def test_loss_falls_and_ap_reaches_the_measured_level(tiny, tmp_path):
     name = tiny[0]
     cfg = get_cfg()
     atss_d2.add_atss_config(cfg)
@@ -67,6 +68,11 @@ def test_loss_falls_and_evaluation_gives_finite_ap(tiny, tmp_path):
         "OUTPUT_DIR", str(tmp_path),
     ])  # fmt: skip
     cfg.freeze()
+    # What train_net.py's default_setup does: seed every RNG from cfg.SEED before building, so
+    # that the model's initial weights and the sampler's order (a seed drawn from numpy's global
+    # RNG) do not depend on which tests ran before in this process.
+    seed_all_rng(cfg.SEED)
+    warm_up_scripted_focal_loss()  # else the numbers differ when this test runs first
     trainer = _train_net().Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -74,14 +80,19 @@ def test_loss_falls_and_evaluation_gives_finite_ap(tiny, tmp_path):
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
     assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
-    assert last < 0.8 * first, (first, last)
+    assert last < 0.8 * first, (first, last)  # measured 2.79 -> 1.51 (ratio 0.54)
 
-    # Evaluated by detectron2's EvalHook when training ended (TEST.EVAL_PERIOD 0).
+    # Evaluated by detectron2's EvalHook when training ended (TEST.EVAL_PERIOD 0). Measured
+    # 16.6 AP on this config (SEED 0, 40 iterations; the same alone and after other tests);
+    # threshold 10. A model that never detects gets 0.
     ap = trainer._last_eval_results["bbox"]["AP"]
-    assert math.isfinite(ap) and 5.0 < ap <= 100.0  # it learned something of its 8 images
+    assert math.isfinite(ap) and 10.0 < ap <= 100.0, ap
 
 
 def test_train_net_trains_on_a_coco_dataset_given_on_the_command_line(tiny, tmp_path):
+    """Plumbing only: 3 iterations, and the AP is only checked to be finite (a model that never
+    detects passes); what is checked is that the flag registers the set and training writes
+    metrics and the final checkpoint."""
     _, json_file, image_dir = tiny
     name = f"foreign_{uuid.uuid4().hex[:6]}"
     train_net = _train_net()
@@ -103,6 +114,8 @@ def test_train_net_trains_on_a_coco_dataset_given_on_the_command_line(tiny, tmp_
 
 
 def test_run_demo_end_to_end(tiny, tmp_path, capsys):
+    """Plumbing only: 3 iterations, and the AP is only checked to be finite (a model that never
+    detects passes); what is checked is the curves, the drawings and the summary."""
     name = tiny[0]
     run_demo = _script(REPO / "tools" / "run_demo.py")
     results = run_demo.main([

@@ -12,7 +12,14 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import get_event_storage
-from tiny_setup import LossRecorder, image_dicts, one_torch_thread, registered, tiny_cfg
+from tiny_setup import (
+    LossRecorder,
+    image_dicts,
+    one_torch_thread,
+    registered,
+    tiny_cfg,
+    warm_up_scripted_focal_loss,
+)
 
 from atss_d2.engine import ATSSTrainer
 
@@ -81,7 +88,9 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(dataset, tmp_pat
 
 
 def run(cfg):
-    """One training run as train_net.py does it: seed from cfg.SEED, then build and train."""
+    """One training run as train_net.py does it: seed from cfg.SEED, then build and train (after
+    the TorchScript warm-up, without which the first run of a process differs from the rest)."""
+    warm_up_scripted_focal_loss()
     seed_all_rng(cfg.SEED)
     trainer = ATSSTrainer(cfg)
     recorder = LossRecorder()

@@ -7,7 +7,6 @@ import contextlib
 import datetime
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -18,6 +17,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import HookBase
 from detectron2.structures import BoxMode
+from fvcore.nn import sigmoid_focal_loss_jit
 from PIL import Image
 
 from atss_d2 import add_atss_config
@@ -176,6 +176,22 @@ def one_torch_thread():
         torch.set_num_threads(previous)
 
 
+def warm_up_scripted_focal_loss(calls: int = 3) -> None:
+    """Run fvcore's TorchScript ``sigmoid_focal_loss_jit`` (the ATSS classification loss),
+    forward and backward, a few times on a small input.
+
+    TorchScript's profiling executor runs a scripted function unoptimised on its first call(s)
+    and then switches for good to an optimised plan whose gradients differ in the last bits. A
+    training run is therefore reproducible bit for bit only once that switch has happened: the
+    first run in a process differs from every later one with the same seed. Tests that compare
+    numbers across runs, or with a measured value, call this first."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(calls):
+        logits = torch.randn(7, 3, generator=generator).requires_grad_()
+        targets = (torch.rand(7, 3, generator=generator) > 0.5).float()
+        sigmoid_focal_loss_jit(logits, targets, alpha=0.25, gamma=2.0, reduction="sum").backward()
+
+
 class LossRecorder(HookBase):
     """Keeps each iteration's loss dict (as floats) seen by the trainer's storage."""
 
@@ -189,21 +205,16 @@ class LossRecorder(HookBase):
         )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for a process group's rendezvous)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
-def gloo_process_group(rank: int, world_size: int, port: int, timeout_s: float):
-    """Inside a spawned test worker: one torch thread, a gloo process group over TCP on
-    127.0.0.1:``port`` for the ``with`` block, destroyed on the way out."""
+def gloo_process_group(rank: int, world_size: int, rendezvous_file: str, timeout_s: float):
+    """Inside a spawned test worker: one torch thread, a gloo process group for the ``with``
+    block (destroyed on the way out), its workers meeting through ``rendezvous_file`` (a path
+    that does not exist yet, e.g. in the test's tmp_path): no TCP port is picked, so none can be
+    taken by another process between picking and binding."""
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
+        init_method="file://" + os.path.abspath(rendezvous_file),
         rank=rank,
         world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout_s),

@@ -1,0 +1,88 @@
+"""SOLVER.OPTIMIZER: AdamW with detectron2's parameter groups (WEIGHT_DECAY_NORM for norm layers,
+BIAS_LR_FACTOR for biases) and gradient clipping; an unknown name is an error naming the key."""
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from torch import nn
+
+from atss_d2 import add_atss_config
+from atss_d2.solver import build_optimizer
+
+
+def solver_cfg(**solver):
+    cfg = get_cfg()
+    add_atss_config(cfg)
+    cfg.SOLVER.BASE_LR = 0.002
+    cfg.SOLVER.WEIGHT_DECAY = 0.05
+    cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
+    for key, value in solver.items():
+        setattr(cfg.SOLVER, key, value)
+    return cfg
+
+
+def small_model():
+    # conv (weight, bias), GroupNorm (weight, bias), linear (weight, bias)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4, 2))
+
+
+def hyperparameters(optimizer, model):
+    """{parameter name: (lr, weight_decay)} from the optimizer's parameter groups."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            out[names[id(p)]] = (group["lr"], group["weight_decay"])
+    return out
+
+
+def test_adamw_groups_decay_norms_per_weight_decay_norm():
+    model = small_model()
+    optimizer = build_optimizer(solver_cfg(OPTIMIZER="AdamW"), model)  # any case
+    assert type(optimizer) is torch.optim.AdamW  # no clipping asked: the plain class
+    assert optimizer.defaults["lr"] == 0.002 and optimizer.defaults["weight_decay"] == 0.05
+    # Every parameter once; the norm's weight and bias get WEIGHT_DECAY_NORM (0), all the
+    # others WEIGHT_DECAY (0.05); every lr is BASE_LR.
+    assert hyperparameters(optimizer, model) == {
+        "0.weight": (0.002, 0.05),
+        "0.bias": (0.002, 0.05),
+        "1.weight": (0.002, 0.0),
+        "1.bias": (0.002, 0.0),
+        "3.weight": (0.002, 0.05),
+        "3.bias": (0.002, 0.05),
+    }
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 6
+
+
+def test_adamw_bias_lr_factor_and_clipping():
+    model = small_model()
+    cfg = solver_cfg(OPTIMIZER="ADAMW", BIAS_LR_FACTOR=2.0, WEIGHT_DECAY_NORM=0.01)
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+    optimizer = build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    # Biases (the norm's too) at 2 x BASE_LR; the norm's weight decay stays WEIGHT_DECAY_NORM.
+    assert hyperparameters(optimizer, model) == {
+        "0.weight": (0.002, 0.05),
+        "0.bias": (0.004, 0.05),
+        "1.weight": (0.002, 0.01),
+        "1.bias": (0.004, 0.01),
+        "3.weight": (0.002, 0.05),
+        "3.bias": (0.004, 0.05),
+    }
+    # Per-parameter norm clipping at 1.0 before the step: a gradient of norm 100 leaves it
+    # at norm 1 (clipping rescales p.grad in place).
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 100.0 / p.numel() ** 0.5)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        assert p.grad.norm().item() == pytest.approx(1.0, rel=1e-4), name
+
+
+def test_unknown_optimizer_names_the_key_and_the_value():
+    with pytest.raises(ValueError) as info:
+        build_optimizer(solver_cfg(OPTIMIZER="LAMB"), small_model())
+    message = str(info.value)
+    assert "SOLVER.OPTIMIZER" in message and "'LAMB'" in message
+    assert "'SGD'" in message and "'ADAMW'" in message  # and the names it accepts
