@@ -220,12 +220,12 @@ OBJ = _object("ant", (11, 21, 20, 30))
             r"bad\.xml: object #1 \('ant'\): <ymax> is 'nan', not a number",
         ),
         (
-            _xml("a.png", [_object("ant", (20, 21, 20, 30))]),
+            _xml("a.png", [_object("ant", (20, 21, 19, 30))]),
             r"bad\.xml: object #1 \('ant'\): empty box \(xmin, ymin, xmax, ymax\) = "
-            r"\(20, 21, 20, 30\)",
+            r"\(20, 21, 19, 30\)",
         ),
         (
-            _xml("a.png", [_object("ant", (11, 30, 20, 29.5))]),
+            _xml("a.png", [_object("ant", (11, 30, 20, 28.5))]),
             r"bad\.xml: object #1 \('ant'\): empty box",
         ),
         # 80 x 64 image: xmax may reach 81 (1 px tolerance), not 81.5; xmin 0, not -0.5.
@@ -533,3 +533,13 @@ def test_train_and_val_folders_share_the_class_ids(tmp_path):
     assert MetadataCatalog.get(second).thing_classes == ["ant", "cat", "zebra"]
     (cat,) = DatasetCatalog.get(second)[0]["annotations"]
     assert cat["category_id"] == 1
+
+
+def test_a_box_one_pixel_wide_is_valid(tmp_path):
+    # VOC pixels are inclusive: xmin == xmax == 20 is the 20th column, [19, 20) in detectron2's
+    # continuous coordinates.
+    ann_dir, img_dir = _write_folder(
+        tmp_path, {"001.xml": ("a.png", [("ant", (20, 21, 20, 30), None)])}
+    )
+    (d,) = load_voc_folder(ann_dir, img_dir)
+    assert d["annotations"][0]["bbox"] == [19.0, 20.0, 20.0, 30.0]

@@ -195,8 +195,12 @@ def _parse_object(xml_file: str, index: int, obj: ET.Element, width: int, height
     xmin, ymin, xmax, ymax = box
 
     shown = f"(xmin, ymin, xmax, ymax) = ({', '.join(f'{v:g}' for v in box)})"
-    if xmax <= xmin or ymax <= ymin:
-        raise VOCAnnotationError(f"{where}: empty box {shown}; expected xmin < xmax, ymin < ymax")
+    # Inclusive 1-based pixels: xmin == xmax is a box one pixel wide (width xmax - xmin + 1).
+    if xmax - xmin + 1 <= 0 or ymax - ymin + 1 <= 0:
+        raise VOCAnnotationError(
+            f"{where}: empty box {shown}; expected xmin <= xmax, ymin <= ymax (VOC's pixels are "
+            "inclusive: xmin == xmax is one pixel wide)"
+        )
     lowest = 1 - _TOLERANCE
     if xmin < lowest or ymin < lowest or xmax > width + _TOLERANCE or ymax > height + _TOLERANCE:
         raise VOCAnnotationError(
@@ -356,7 +360,7 @@ def load_voc_folder(
         FileNotFoundError: ``annotations_dir`` or ``images_dir`` does not exist.
         VOCAnnotationError: naming the XML file (or the folder): no XML file; malformed XML
             (with line and column); a missing ``<filename>``, ``<bndbox>`` or coordinate; a
-            coordinate that is not a number; an empty box (xmax <= xmin or ymax <= ymin); a
+            coordinate that is not a number; an empty box (xmax < xmin or ymax < ymin); a
             box outside the image by more than 1 px (with the image size); a missing or
             unreadable image; with ``classes``, an object of another class; without, a folder
             without any object.
