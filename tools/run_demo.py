@@ -21,11 +21,13 @@ _START = time.perf_counter()  # the summary's wall time counts the imports below
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 import argparse  # noqa: E402
+import fnmatch  # noqa: E402
 import glob  # noqa: E402
 import importlib.util  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
@@ -52,17 +54,48 @@ def load_script(path: Path):
     return module
 
 
+# What a run of this demo writes in OUTPUT_DIR (detectron2's trainer and this script).
+DEMO_OUTPUTS = (
+    "config.yaml",
+    "log.txt",
+    "metrics.json",
+    "events.out.tfevents.*",
+    "training_curves.png",
+    "last_checkpoint",
+    "model_*.pth",
+    "inference",
+    "vis",
+)
+# Removed before a run, so that curves and images are those of this run only (detectron2's
+# JSONWriter appends to metrics.json).
+_CLEARED = ("metrics.json", "events.out.tfevents.*", "training_curves.png", "last_checkpoint")
+
+
+class ForeignOutputDirError(RuntimeError):
+    """OUTPUT_DIR holds files this demo did not write."""
+
+
 def clear_previous_run(output_dir: str) -> None:
-    """Remove what this demo writes, so that curves and images are those of this run only
-    (detectron2's JSONWriter appends to metrics.json)."""
-    for pattern in (
-        "metrics.json",
-        "events.out.tfevents.*",
-        "training_curves.png",
-        "last_checkpoint",
-        "model_final.pth",
-    ):
-        for path in glob.glob(os.path.join(output_dir, pattern)):
+    """
+    Remove what an earlier run of this demo wrote in ``output_dir``. A directory holding
+    anything else (another run's or a user's files) is left untouched and refused with
+    :class:`ForeignOutputDirError`: the demo never deletes files it did not create.
+    """
+    if not os.path.isdir(output_dir):
+        return
+    foreign = [
+        name
+        for name in sorted(os.listdir(output_dir))
+        if not any(fnmatch.fnmatch(name, pattern) for pattern in DEMO_OUTPUTS)
+    ]
+    if foreign:
+        raise ForeignOutputDirError(
+            f"OUTPUT_DIR {output_dir} holds files this demo did not write (e.g. {foreign[:3]}); "
+            "the demo clears its own earlier outputs before a run and deletes nothing else. "
+            "Choose another directory: python tools/run_demo.py OUTPUT_DIR output/demo_2"
+        )
+    for pattern in _CLEARED + ("model_*.pth",):
+        for path in glob.glob(os.path.join(glob.escape(output_dir), pattern)):
             os.remove(path)
     for sub in ("inference", "vis"):
         shutil.rmtree(os.path.join(output_dir, sub), ignore_errors=True)
@@ -175,4 +208,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ForeignOutputDirError as e:
+        sys.exit(f"run_demo.py: error: {e}")
