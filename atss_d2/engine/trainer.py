@@ -21,6 +21,7 @@ from ..solver import build_optimizer
 from .checkpoint import SafeAtomicCheckpointer
 from .config import ConfigError, check_num_classes, validate_config
 from .predictor import warn_if_head_untrained
+from .stop import StopOnSignal
 
 __all__ = ["ATSSTrainer", "frozen_random_layers"]
 
@@ -68,7 +69,9 @@ class ATSSTrainer(DefaultTrainer):
     - the evaluator of each test dataset's ``evaluator_type`` (:meth:`build_evaluator`);
     - with ``TEST.AUG.ENABLED``, an evaluation with test-time augmentation after training
       (results keyed ``"<dataset>_TTA"``), as detectron2's own ``train_net.py`` does;
-    - a warning when training starts from random weights with frozen layers.
+    - a warning when training starts from random weights with frozen layers;
+    - SIGINT / SIGTERM: the run stops after the current iteration with a checkpoint and the
+      ``--resume`` command in the log (:class:`~atss_d2.engine.stop.StopOnSignal`).
 
     A non-finite loss stops training with ``FloatingPointError`` naming the iteration and the
     losses (detectron2's ``SimpleTrainer`` check, done before the optimizer step, so the weights
@@ -108,6 +111,9 @@ class ATSSTrainer(DefaultTrainer):
             hook_list.insert(
                 index + 1, hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))
             )
+        # Last: the iteration's other hooks (the lr scheduler's step among them) have run when
+        # a stop saves the checkpoint, so that a resumed run continues exactly.
+        hook_list.append(StopOnSignal())
         return hook_list
 
     def resume_or_load(self, resume=True):
