@@ -233,3 +233,41 @@ def test_frozen_layers_without_weights_warn_once(tmp_path, caplog):
                     assert words in warnings[0]
             else:
                 assert warnings == []
+
+
+def test_a_converted_torchvision_resnet18_starts_the_cpu_config(tmp_path, caplog):
+    """configs/Custom/atss_R_18_FPN_cpu.yaml from torchvision's ResNet-18, as its comment says:
+    converted with --config-file, loaded with FrozenBN and FREEZE_AT 2."""
+    import torchvision
+
+    from atss_d2.checkpoint import convert_state_dict, save_detectron2_checkpoint
+
+    torch.manual_seed(0)
+    resnet18 = torchvision.models.resnet18(weights=None).state_dict()  # torchvision's names
+    converted, report = convert_state_dict("torchvision", resnet18)
+    assert not report.unrecognized
+    path = tmp_path / "R-18-torchvision.pkl"
+    save_detectron2_checkpoint(str(path), converted, "torchvision")
+
+    cfg = _cfg(REPO / "configs" / "Custom" / "atss_R_18_FPN_cpu.yaml")
+    cfg.merge_from_list(
+        [
+            "MODEL.WEIGHTS",
+            str(path),
+            "MODEL.RESNETS.NORM",
+            "FrozenBN",
+            "MODEL.BACKBONE.FREEZE_AT",
+            "2",
+        ]
+    )
+    model = build_model(cfg)
+    checkpointer = SafeDetectionCheckpointer(model)
+    with caplog.at_level(logging.INFO, logger="atss_d2"):
+        checkpointer.load(cfg.MODEL.WEIGHTS)
+    loaded, total = checkpointer.last_load_report.parts["backbone (ResNet)"]
+    assert loaded == total
+    state = model.backbone.bottom_up.state_dict()
+    # torchvision layer1.0.conv1 is detectron2's res2.0.conv1; bn1 its norm.
+    assert torch.equal(state["res2.0.conv1.weight"], resnet18["layer1.0.conv1.weight"])
+    assert torch.equal(state["res3.0.shortcut.weight"], resnet18["layer2.0.downsample.0.weight"])
+    assert torch.equal(state["stem.conv1.norm.running_var"], resnet18["bn1.running_var"])
