@@ -13,8 +13,11 @@ the dataset registration of --coco-dataset / --voc-dataset (atss_d2.data).
 
 import sys
 
+import atss_d2.warning_filters  # noqa: F401  (first: before the detectron2 imports)
+
+# isort: split
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -25,6 +28,7 @@ from atss_d2.data import register_datasets_from_args
 from atss_d2.engine import (
     ATSSTrainer,
     ConfigError,
+    launch,
     merge_config_file,
     merge_config_opts,
     validate_config,

@@ -8,6 +8,7 @@ from .config import (
     merge_config_opts,
     validate_config,
 )
+from .launch import launch
 from .predictor import SafePredictor
 from .trainer import ATSSTrainer
 
@@ -19,6 +20,7 @@ __all__ = [
     "SafePredictor",
     "ConfigError",
     "check_num_classes",
+    "launch",
     "merge_config_file",
     "merge_config_opts",
     "validate_config",

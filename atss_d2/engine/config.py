@@ -15,9 +15,11 @@ import os
 import re
 from typing import Any, Iterable, List, Optional, Tuple
 
+import torch
 import yaml
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils import comm
 
 from ..config_checks import ConfigError, check_atss_config
 
@@ -224,6 +226,17 @@ def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
         ConfigError: naming the key and the problem.
     """
     check_atss_config(cfg)
+    device = torch.device(cfg.MODEL.DEVICE)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}, but this machine has no CUDA device; set "
+            "MODEL.DEVICE cpu"
+        )
+    if train and cfg.SOLVER.IMS_PER_BATCH % comm.get_world_size():
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the "
+            f"{comm.get_world_size()} processes (--num-gpus x --num-machines)"
+        )
     if train:
         if not cfg.DATASETS.TRAIN:
             raise ConfigError("DATASETS.TRAIN is empty; name at least one training dataset")

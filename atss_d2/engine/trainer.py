@@ -4,15 +4,26 @@ test-time augmentation."""
 
 import logging
 import os
+import weakref
 from collections import OrderedDict
 
+import torch
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    hooks,
+)
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..data.mapper import ATSSDatasetMapper, SkippingMapDataset
 from ..evaluation import ATSSCOCOEvaluator, ATSSPascalVOCEvaluator
@@ -80,7 +91,31 @@ class ATSSTrainer(DefaultTrainer):
 
     def __init__(self, cfg):
         validate_config(cfg)
-        super().__init__(cfg)
+        if comm.get_world_size() > 1 and torch.device(cfg.MODEL.DEVICE).type == "cpu":
+            self._init_cpu_processes(cfg)
+        else:
+            super().__init__(cfg)
+
+    def _init_cpu_processes(self, cfg):
+        """``DefaultTrainer.__init__`` for several CPU processes (:func:`atss_d2.engine.launch`
+        without CUDA): the same steps, but DistributedDataParallel without ``device_ids``,
+        which detectron2 0.6 always passes and torch refuses for CPU modules."""
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=None)
+        trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_class(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_optimizer(cls, cfg, model):
