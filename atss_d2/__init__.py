@@ -2,9 +2,13 @@
 
 ``import atss_d2`` registers the ``ATSS`` meta-architecture and the
 ``build_atss_resnet_fpn_backbone`` backbone with detectron2's registries, and the built-in
-``shapes_train`` / ``shapes_val`` datasets (drawn on first use).
+``shapes_train`` / ``shapes_val`` datasets (drawn on first use). It first installs the filters of
+:mod:`atss_d2.warning_filters` (third-party warnings a user cannot act on).
 """
 
+from . import warning_filters  # noqa: F401  (first: before anything imports detectron2)
+
+# isort: split
 from . import data  # noqa: F401  (registration: shapes_train, shapes_val)
 from .config import add_atss_config
 from .modeling import (  # noqa: F401  (registration)

@@ -72,7 +72,7 @@ def test_point_regression_needs_one_anchor_per_location():
 
 
 def test_building_the_model_checks_first():
-    # TOPK 0 used to fail inside the matcher's constructor with a bare ValueError.
+    # Unchecked, TOPK 0 would fail inside the matcher's constructor with a bare ValueError.
     with pytest.raises(ConfigError, match="MODEL.ATSS.TOPK is 0; expected an integer >= 1"):
         build_model(small_cfg("MODEL.ATSS.TOPK", "0"))
     # Features the backbone does not produce are named with those it has.

@@ -1,6 +1,8 @@
 """
 Two CPU workers (gloo): the loss normalisers N_pos and the sum of centerness targets are
-averaged over workers (all-reduce / world size) before the floor/clamp at 1 (ATSS-SPEC.md).
+averaged over workers (all-reduce / world size) before the floor/clamp at 1, as in mmdetection's
+mmdet/models/dense_heads/atss_head.py (reduce_mean) and the authors'
+atss_core/modeling/rpn/atss/loss.py.
 """
 
 import json

@@ -44,6 +44,9 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+import atss_d2.warning_filters  # noqa: F401  (first: before the detectron2 imports)
+
+# isort: split
 from detectron2.config import CfgNode, get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model as build_d2_model

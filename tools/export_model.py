@@ -19,6 +19,10 @@ import os
 
 import numpy as np
 import torch
+
+import atss_d2.warning_filters  # noqa: F401  (first: before the detectron2 imports)
+
+# isort: split
 from detectron2.config import get_cfg
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T

@@ -33,6 +33,10 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+import atss_d2.warning_filters  # noqa: E402, F401  (before the detectron2 imports)
+
+# isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
