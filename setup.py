@@ -30,6 +30,12 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=("atss_d2", "atss_d2.*")),
     cmdclass={"build_py": BuildWithConfigs},
+    entry_points={
+        "console_scripts": [
+            "atss-train = atss_d2.train_net:cli",
+            "atss-demo = atss_d2.demo_cli:cli",
+        ]
+    },
     python_requires=">=3.9",
     install_requires=[
         # detectron2 is not on the package registry under its own name: `make setup` installs it

@@ -19,6 +19,7 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 from tiny_setup import TINY_SHAPES_OPTS, draw_image, one_torch_thread, tiny_cfg, write_png
 
+import atss_d2.demo
 from atss_d2.data import (
     VOCAnnotationError,
     load_voc_folder,
@@ -26,6 +27,7 @@ from atss_d2.data import (
     register_datasets_from_args,
     register_voc_dataset,
 )
+from atss_d2.demo import ClassNamesError
 from atss_d2.engine import ATSSTrainer
 from atss_d2.evaluation import ATSSCOCOEvaluator
 
@@ -466,7 +468,7 @@ def test_demo_labels_detections_with_the_voc_class_names(
             drawn["labels"] += labels or []
             return super().overlay_instances(labels=labels, **kwargs)
 
-    monkeypatch.setattr(demo, "Visualizer", RecordingVisualizer)
+    monkeypatch.setattr(atss_d2.demo, "Visualizer", RecordingVisualizer)  # where it draws
     name = _name()
     outs = demo.main([
         "--config-file", str(SHAPES_CONFIG),
@@ -493,7 +495,7 @@ def test_demo_refuses_class_names_of_another_number(train_voc, tmp_path):
         rf"dataset '{name}' has 3 class names \['cat', 'dog', 'emu'\], but the model has "
         r"MODEL\.ATSS\.NUM_CLASSES 2"
     )
-    with pytest.raises(demo.ClassNamesError, match=message):
+    with pytest.raises(ClassNamesError, match=message):
         demo.main([
             "--config-file", str(SHAPES_CONFIG),
             "--voc-dataset", name, *map(str, train_voc),

@@ -79,3 +79,20 @@ def test_an_installed_wheel_finds_its_configs_from_anywhere(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK ATSS" in result.stdout
+
+    # The console command: train_net.py's flags, shipped configs by name, its errors.
+    train = site / "bin" / "atss-train"
+    result = subprocess.run([str(train), "--help"], cwd=elsewhere, env=env, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0 and "--voc-dataset" in result.stdout, result.stderr[-2000:]
+    result = subprocess.run(
+        [str(train), "--config-file", "COCO-Detection/atss_R_50_FPN_1x.yaml", "--eval-only",
+         "MODEL.DEVICE", "cpu", "DATASETS.TEST", "('no_such_set',)"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "atss-train: config error: DATASETS.TEST names dataset 'no_such_set'" in result.stderr
+    demo = site / "bin" / "atss-demo"
+    result = subprocess.run([str(demo), "--help"], cwd=elsewhere, env=env, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0 and "--video-input" in result.stdout, result.stderr[-2000:]
