@@ -7,8 +7,8 @@ def add_atss_config(cfg):
 
     Only the given ``cfg`` is changed, never detectron2's global defaults. Keys named like
     ``MODEL.RETINANET``'s mean the same thing. Defaults follow mmdetection's
-    ``atss_r50_fpn_1x_coco.py`` (see ``ATSS-SPEC.md``); ``configs/Original`` switches to the
-    authors' behaviour where the two differ.
+    ``configs/atss/atss_r50_fpn_1x_coco.py``; ``configs/Original`` switches to the behaviour of
+    the authors' code (sfzhang15/ATSS) where the two differ.
     """
     _C = cfg
     _C.MODEL.ATSS = CN()
@@ -45,6 +45,16 @@ def add_atss_config(cfg):
     # The box loss is divided by the (all-reduced) sum of centerness targets. mmdetection
     # clamps that sum at >= 1 (True); the authors' code does not (False).
     _C.MODEL.ATSS.REG_NORM_CLAMP = True
+    # Normaliser of the classification and centerness losses, averaged over workers in both:
+    # "per_image": the sum over images of max(positives, 1), so an image without positives
+    # counts 1 (mmdetection: SamplingResult.avg_factor per image); "total": the batch's
+    # positives, floored at 1 once (the authors' code).
+    _C.MODEL.ATSS.NUM_POS_NORM = "per_image"
+    # Padded batches: train each image only on the anchors inside its own padded extent (its
+    # size rounded up to SIZE_DIVISIBILITY), as mmdetection's valid flags: the others are never
+    # candidates and in no loss of that image (True). False: every anchor of the padded batch
+    # (the authors' code).
+    _C.MODEL.ATSS.VALID_ANCHORS_PER_IMAGE = True
     # Weights (dx, dy, dw, dh) of the anchor box coding, used when REGRESSION_TYPE is "BOX".
     _C.MODEL.ATSS.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
     # "BOX": deltas against the anchor box; "POINT": anchor-free l, t, r, b distances from the
@@ -92,6 +102,12 @@ def add_atss_config(cfg):
     # "ADAMW" (same parameter groups and clipping; trains from scratch in far fewer iterations,
     # used by the CPU shapes demo).
     _C.SOLVER.OPTIMIZER = "SGD"
+
+    # Data: annotations whose box is narrower or shorter than this many pixels in the original
+    # image (before any augmentation), or whose "area" field (when the dataset keeps it) is
+    # <= 0, are dropped with a counted warning: mmdetection's CocoDataset filter (w < 1 or
+    # h < 1 or area <= 0) with 1.0; 0 keeps them (the authors' configs).
+    _C.INPUT.MIN_BOX_SIZE = 1.0
 
     # Data: skip images whose file is missing or unreadable (with a counted warning) instead
     # of stopping training with an error naming the file.

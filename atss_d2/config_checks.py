@@ -105,6 +105,7 @@ def check_atss_config(cfg: CfgNode) -> None:
     ):
         _fail("MODEL.ATSS.BBOX_REG_WEIGHTS", weights, "expected four positive numbers")
     _one_of("MODEL.ATSS.REGRESSION_TYPE", a.REGRESSION_TYPE, ("BOX", "POINT"))
+    _one_of("MODEL.ATSS.NUM_POS_NORM", a.NUM_POS_NORM, ("per_image", "total"))
     _within("MODEL.ATSS.SCORE_THRESH_TEST", a.SCORE_THRESH_TEST, 0.0, 1.0)
     _at_least("MODEL.ATSS.TOPK_CANDIDATES_TEST", a.TOPK_CANDIDATES_TEST, 1)
     _one_of("MODEL.ATSS.CANDIDATE_RANKING_TEST", a.CANDIDATE_RANKING_TEST, ("cls", "cls_ctr"))

@@ -25,6 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 from atss_d2 import add_atss_config
@@ -38,7 +39,7 @@ from atss_d2.checkpoint import (
     safe_torch_load,
     verify_against,
 )
-from atss_d2.modeling import ATSSBoxCoder, DeformConvWithOffset
+from atss_d2.modeling import ATSSBoxCoder, DeformConvWithOffset, FrozenStatsBatchNorm2d
 from atss_d2.modeling.anchor_generator import ATSSLegacyAnchorGenerator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -478,9 +479,15 @@ def test_mmdet_converted_model_computes_like_mmdetection():
     assert not report.unrecognized
     assert {r for _, r in report.ignored} == {"BatchNorm step counter; FrozenBN has none"}
     model = build("configs/COCO-Detection/atss_R_50_FPN_1x.yaml", TINY)
+    # mmdetection's norm_eval BatchNorm (MODEL.RESNETS.NORM FrozenStatsBN) after res2: the
+    # converted FrozenBN-style tensors fill it with no missing or unexpected name.
+    norms = model.backbone.bottom_up.res3[0].conv1.norm, model.backbone.bottom_up.res2[0].conv1.norm
+    assert isinstance(norms[0], FrozenStatsBatchNorm2d) and isinstance(norms[1], FrozenBatchNorm2d)
     verify_against(converted, report, {k: v.shape for k, v in model.state_dict().items()})
     report.raise_if_failed()
+    assert not report.missing and not report.unexpected
     model.load_state_dict(converted, strict=True)
+    model.train()  # statistics frozen in training mode too: the same outputs
     check_model_against_reference(
         model,
         lambda x: ref_resnet(x, src, "backbone.", "", bn_eval, False, TINY_ARCH),

@@ -24,6 +24,7 @@ CASES = [
     ("MODEL.ATSS.BBOX_REG_WEIGHTS", "(10.0, 10.0, 5.0)", "expected four positive numbers"),
     ("MODEL.ATSS.BBOX_REG_WEIGHTS", "(10.0, 10.0, 5.0, 0.0)", "expected four positive numbers"),
     ("MODEL.ATSS.REGRESSION_TYPE", "'point'", "expected one of 'BOX', 'POINT'"),
+    ("MODEL.ATSS.NUM_POS_NORM", "'per_gpu'", "expected one of 'per_image', 'total'"),
     ("MODEL.ATSS.SCORE_THRESH_TEST", "1.2", "expected a number in [0.0, 1.0]"),
     ("MODEL.ATSS.TOPK_CANDIDATES_TEST", "0", "expected an integer >= 1"),
     ("MODEL.ATSS.CANDIDATE_RANKING_TEST", "'ctr'", "expected one of 'cls', 'cls_ctr'"),

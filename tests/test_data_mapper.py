@@ -138,6 +138,42 @@ def test_crowd_only_and_unannotated_images_give_empty_instances(cfg, files):
     assert len(mapper(no_key)["instances"]) == 0
 
 
+def test_boxes_under_one_pixel_are_dropped_before_resizing(cfg, files, caplog):
+    """INPUT.MIN_BOX_SIZE 1 (Base-ATSS.yaml): mmdetection's CocoDataset.parse_data_info drops
+    annotations with w < 1 or h < 1 or area <= 0, in the annotation's own pixels, before the
+    pipeline's Resize. The 16 x 20 image is resized x4, so a 0.8 px box would be 3.2 px after."""
+    assert cfg.INPUT.MIN_BOX_SIZE == 1.0
+    annotations = [
+        anno([2, 2, 2.8, 10]),  # w 0.8: dropped
+        anno([2, 2, 1.0, 5], mode=XYWH),  # w 1 exactly: kept -> [8, 8, 12, 28]
+        anno([4, 4, 9, 4.5]),  # h 0.5: dropped
+        anno([5, 5, 10, 10], area=0),  # area 0 (COCO's segment area): dropped
+        anno([5, 5, 10, 10], 1, area=12.5),  # kept -> [20, 20, 40, 40]
+        anno([10, 2, 15, 3], 1),  # h 1: kept -> [40, 8, 60, 12]
+    ]
+    mapper = ATSSDatasetMapper(cfg, is_train=True)
+    with caplog.at_level(logging.WARNING, logger="atss_d2.data.mapper"):
+        out = mapper(record(files["tiny"], 16, 20, annotations))
+    assert out["image"].shape == (3, 64, 80)
+    inst = out["instances"]
+    assert inst.gt_boxes.tensor.tolist() == [[8, 8, 12, 28], [20, 20, 40, 40], [40, 8, 60, 12]]
+    assert inst.gt_classes.tolist() == [0, 1, 1]
+    assert dict(mapper.bad_boxes.counts) == {
+        "width or height < 1 px (INPUT.MIN_BOX_SIZE)": 2,
+        "an 'area' <= 0": 1,
+    }
+    assert "INPUT.MIN_BOX_SIZE" in caplog.text and "tiny.png" in caplog.text
+
+    # The authors' configs (INPUT.MIN_BOX_SIZE 0) keep every box of positive size.
+    off = cfg.clone()
+    off.INPUT.MIN_BOX_SIZE = 0.0
+    kept = ATSSDatasetMapper(off, is_train=True)(record(files["tiny"], 16, 20, annotations))
+    assert len(kept["instances"]) == 6
+    off.INPUT.MIN_BOX_SIZE = -1.0
+    with pytest.raises(ValueError, match="INPUT.MIN_BOX_SIZE"):
+        ATSSDatasetMapper(off, is_train=True)
+
+
 def test_degenerate_boxes_are_dropped_and_counted(cfg, files, caplog):
     mapper = ATSSDatasetMapper(cfg, is_train=True)
     annotations = [

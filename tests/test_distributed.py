@@ -28,6 +28,12 @@ SCENARIOS = {
     "2_vs_1": [[0, 1, 2, 2], [2, 2, 1, 2]],
     "1_vs_0": [[1, 2, 2, 2], [2, 2, 2, 2]],
 }
+# Two images per worker: rank 0 has 1 and 0 positives, rank 1 has 2 and 1. The normaliser of the
+# classification and centerness losses, mmdetection's (sum of max(num_pos_i, 1) per worker, then
+# the mean over workers): ((1 + 1) + (2 + 1)) / 2 = 2.5; the authors' (positives averaged over
+# workers, floored at 1): (1 + 3) / 2 = 2.
+TWO_IMAGES = [[[0, 2, 2, 2], [2, 2, 2, 2]], [[0, 1, 2, 2], [2, 2, 1, 2]]]
+TWO_IMAGES_NORMALISER = {"per_image": 2.5, "total": 2.0}
 LOGITS = [
     [[0.5, -1.0], [1.0, -2.0], [-0.5, 2.0], [0.1, 0.2]],
     [[2.0, 0.0], [-1.0, -1.0], [0.3, -0.7], [1.5, -0.5]],
@@ -86,6 +92,18 @@ def _worker(rank, world_size, rendezvous_file, out_dir):
             results[name]["grads_finite"] = bool(
                 torch.isfinite(deltas.grad).all() and torch.isfinite(ctr.grad).all()
             )
+        for norm in TWO_IMAGES_NORMALISER:
+            model.num_pos_norm = norm
+            labels = TWO_IMAGES[rank]
+            out = model.losses(
+                [Boxes(torch.tensor([ANCHOR] * 4))],
+                [torch.tensor([LOGITS[rank], LOGITS[1 - rank]])],
+                [torch.tensor(lab) for lab in labels],
+                [torch.tensor([[DELTA] * 4] * 2)],
+                [torch.tensor([ANCHOR] * 4)] * 2,
+                [torch.tensor([CTR[rank], CTR[1 - rank]])[..., None]],
+            )
+            results[f"two_images_{norm}"] = {k: v.item() for k, v in out.items()}
         with open(os.path.join(out_dir, f"{rank}.json"), "w") as f:
             json.dump(results, f)
 
@@ -136,3 +154,26 @@ def test_normalisers_are_averaged_over_workers(tmp_path):
     # 1 vs 0: the worker without positives has zero box/centerness loss and did not hang
     assert results[1]["1_vs_0"]["loss_box_reg"] == 0.0
     assert results[1]["1_vs_0"]["loss_centerness"] == 0.0
+    # Two images per worker, one of them without positives.
+    for norm, normaliser in TWO_IMAGES_NORMALISER.items():
+        for rank in range(2):
+            got = results[rank][f"two_images_{norm}"]
+            images = list(zip(TWO_IMAGES[rank], (LOGITS[rank], LOGITS[1 - rank])))
+            images_ctr = (CTR[rank], CTR[1 - rank])
+            cls = sum(
+                _focal(x, int(c == lab))
+                for labels, logits in images
+                for row, lab in zip(logits, labels)
+                for c, x in enumerate(row)
+            )
+            assert got["loss_cls"] == pytest.approx(cls / normaliser, rel=1e-5), (norm, rank)
+            ctr = sum(
+                _bce(images_ctr[i][j], 1.0)
+                for i, labels in enumerate(TWO_IMAGES[rank])
+                for j, lab in enumerate(labels)
+                if lab != NUM_CLASSES
+            )
+            assert got["loss_centerness"] == pytest.approx(ctr / normaliser, rel=1e-5)
+            # box loss: / the sum of centerness targets averaged over workers, (1 + 3) / 2
+            num_pos = sum(lab != NUM_CLASSES for labels in TWO_IMAGES[rank] for lab in labels)
+            assert got["loss_box_reg"] == pytest.approx(2.0 * GIOU * num_pos / 2.0, rel=1e-5)

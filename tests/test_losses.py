@@ -1,7 +1,8 @@
 """
 ATSS losses, box codings and centerness targets on tiny inputs, against values worked out by
-hand with the formulas of ATSS-SPEC.md (focal loss / N_pos, centerness-weighted GIoU x 2 /
-sum of centerness, centerness BCE / N_pos).
+hand with the formulas of mmdetection's mmdet/models/dense_heads/atss_head.py and the authors'
+atss_core/modeling/rpn/atss/loss.py (focal loss / N_pos, centerness-weighted GIoU x 2 / sum of
+centerness, centerness BCE / N_pos).
 """
 
 import math
@@ -325,3 +326,59 @@ def test_point_regression_losses():
     assert out["loss_box_reg"].item() == pytest.approx(2.0 * (1 / 3) * ctr_t / 1.0, rel=1e-5)
     assert out["loss_centerness"].item() == pytest.approx(bce(0.1, ctr_t), rel=1e-5)
     assert out["loss_cls"].item() == pytest.approx(focal(3.0, 1) + focal(-3.0, 0), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# Normaliser of the classification and centerness losses (MODEL.ATSS.NUM_POS_NORM)
+# ------------------------------------------------------------------------------------------
+def run_two_images(model, labels_0, labels_1):
+    """Image 0: the tables above; image 1: the same anchors and predictions, all labelled
+    ``labels_1`` (e.g. an image without GT: every anchor background)."""
+    logits = torch.tensor([LOGITS, LOGITS[::-1]])  # (2, 3, K)
+    deltas = torch.tensor([DELTAS, DELTAS])
+    ctr = torch.tensor([CTR, CTR])[..., None]
+    return model.losses(
+        [Boxes(torch.tensor(ANCHORS))],
+        [logits],
+        [torch.tensor(labels_0), torch.tensor(labels_1)],
+        [deltas],
+        [torch.tensor(GTS), torch.tensor(GTS)],
+        [ctr],
+    )
+
+
+@pytest.mark.parametrize("norm", ["per_image", "total"])
+def test_image_without_gt_in_the_normaliser(norm):
+    # Image 0: 2 positives (anchors 0 and 2); image 1 has no GT. mmdetection sums
+    # max(num_pos_i, 1) over the images (SamplingResult.avg_factor): 2 + 1 = 3; the authors
+    # floor the batch's positives once: max(2 + 0, 1) = 2.
+    labels_0, labels_1 = [0, K, 1], [K, K, K]
+    out = run_two_images(make_atss(num_pos_norm=norm), labels_0, labels_1)
+    normaliser = {"per_image": 2 + 1, "total": 2}[norm]
+    cls = focal_sum(LOGITS, labels_0) + focal_sum(LOGITS[::-1], labels_1)
+    assert out["loss_cls"].item() == pytest.approx(cls / normaliser, rel=1e-5)
+    ctr = bce(CTR[0], CTR_T[0]) + bce(CTR[2], CTR_T[2])
+    assert out["loss_centerness"].item() == pytest.approx(ctr / normaliser, rel=1e-5)
+    # the box loss keeps its own normaliser, the sum of centerness targets (>= 1 here)
+    box = 2.0 * (GIOU[0] * CTR_T[0] + GIOU[2] * CTR_T[2]) / (CTR_T[0] + CTR_T[2])
+    assert out["loss_box_reg"].item() == pytest.approx(box, rel=1e-5)
+
+
+def test_normaliser_without_any_positive():
+    # Two images, no positive: per image 1 + 1 = 2, the batch's total floored at 1.
+    labels = [K, K, K]
+    cls = focal_sum(LOGITS, labels) + focal_sum(LOGITS[::-1], labels)
+    per_image = run_two_images(make_atss(num_pos_norm="per_image"), labels, labels)
+    total = run_two_images(make_atss(num_pos_norm="total"), labels, labels)
+    assert per_image["loss_cls"].item() == pytest.approx(cls / 2, rel=1e-5)
+    assert total["loss_cls"].item() == pytest.approx(cls / 1, rel=1e-5)
+    # Both images with positives: the two normalisers agree (1 + 2 = 3).
+    for norm in ("per_image", "total"):
+        out = run_two_images(make_atss(num_pos_norm=norm), [K, K, 1], [0, K, 1])
+        cls = focal_sum(LOGITS, [K, K, 1]) + focal_sum(LOGITS[::-1], [0, K, 1])
+        assert out["loss_cls"].item() == pytest.approx(cls / 3, rel=1e-5)
+
+
+def test_num_pos_norm_names_the_key():
+    with pytest.raises(ValueError, match="MODEL.ATSS.NUM_POS_NORM"):
+        make_atss(num_pos_norm="per_gpu")

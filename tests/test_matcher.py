@@ -1,5 +1,6 @@
 """
-ATSSMatcher against the rules of the paper (Sec. 3.1) and ATSS-SPEC.md.
+ATSSMatcher against the rules of the paper (Zhang et al., CVPR 2020, arXiv 1912.02424, Sec. 3.1)
+and of mmdetection's mmdet/models/task_modules/assigners/atss_assigner.py.
 
 Expected values come from hand-placed boxes, a pure-Python IoU and ``statistics.stdev``
 (Bessel-corrected), or from an exhaustive reference written here (full anchors x GTs IoU and

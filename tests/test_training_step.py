@@ -159,6 +159,25 @@ def test_variants(extra):
     assert scalars["atss/num_pos_per_image"] > 0
 
 
+def test_point_regression_starts_from_the_anchor_boxes():
+    # The authors' ATSSHead with REGRESSION_TYPE POINT: bbox_pred's bias is 4 (BOX: 0). On a
+    # featureless input (the towers give 0) every distance is 4 strides, so each decoded box is
+    # its 8 x stride anchor.
+    torch.manual_seed(0)
+    box = build_model(small_cfg())
+    assert torch.equal(box.head.bbox_pred.bias, torch.zeros(4))
+    point = build_model(small_cfg("MODEL.ATSS.REGRESSION_TYPE", "POINT")).eval()
+    assert torch.equal(point.head.bbox_pred.bias, torch.full((4,), 4.0))
+    features = [torch.zeros(1, 64, s, s) for s in (8, 4, 2, 1, 1)]
+    with torch.no_grad():
+        _, reg, _ = point.head(features)
+    anchors = point.anchor_generator(features)
+    for level, (r, a) in enumerate(zip(reg, anchors)):
+        assert torch.equal(r, torch.full_like(r, 4.0)), level
+        decoded = point.box_coder.apply_deltas(r.permute(0, 2, 3, 1).reshape(-1, 4), a.tensor)
+        torch.testing.assert_close(decoded, a.tensor)
+
+
 def test_labels_and_statistics_by_hand(model):
     # A 64 x 64 image whose GT is the whole image, i.e. exactly the 64 px P3 anchor centred at
     # (32, 32) (anchors centred at stride * i). Feature maps: P3 8x8, P4 4x4, P5 2x2, P6, P7 1x1.

@@ -106,6 +106,9 @@ def base_cfg(device: str):
     cfg.merge_from_file(os.path.join(root, "configs/COCO-Detection/atss_R_50_FPN_1x.yaml"))
     cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = ""
+    # FrozenBN for the three: detectron2's stock builders (RetinaNet, FCOS) do not know the
+    # config's "FrozenStatsBN" (atss_d2's backbone builder does).
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"
     return cfg
 
 

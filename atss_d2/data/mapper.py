@@ -11,6 +11,10 @@ the image, apply the augmentations, turn the annotations into ``Instances``), an
 - boxes with non-finite coordinates, zero or negative width/height, or lying entirely outside
   the image are dropped with a counted warning (one log line at the 1st, 10th, 100th, ...
   drop of each kind, not one per box); boxes partly outside are clipped;
+- with ``INPUT.MIN_BOX_SIZE`` (1 px in the mmdetection-style configs), boxes narrower or shorter
+  than that in the original image, and annotations whose "area" is <= 0, are dropped the same
+  way: mmdetection's ``CocoDataset.parse_data_info`` filter (``w < 1 or h < 1 or area <= 0``),
+  applied where it applies it, on the annotations as loaded, before any augmentation;
 - a malformed annotation (no bbox / bbox_mode / category_id, a bbox that is not four numbers,
   an unsupported box mode, a category id outside [0, num_classes)) raises
   :class:`DatasetAnnotationError` naming the file and the annotation;
@@ -151,6 +155,7 @@ class ATSSDatasetMapper(DatasetMapper):
         image_format: str,
         num_classes: Optional[int] = None,
         skip_unreadable: bool = False,
+        min_box_size: float = 0.0,
         **kwargs,
     ):
         """
@@ -160,11 +165,24 @@ class ATSSDatasetMapper(DatasetMapper):
             skip_unreadable: return None (skip the image, counted in a warning) instead of
                 raising for a missing or undecodable file. Training only: evaluation must see
                 every image.
+            min_box_size: drop (counting them) boxes whose width or height, as annotated in the
+                original image, is below this many pixels, and annotations whose "area" is
+                <= 0; 0 keeps them (``INPUT.MIN_BOX_SIZE``).
         """
         super().__init__(is_train, augmentations=augmentations, image_format=image_format, **kwargs)
         if self.use_instance_mask or self.use_keypoint or self.proposal_topk is not None:
             raise ValueError("ATSSDatasetMapper maps boxes only (no masks, keypoints, proposals)")
+        if (
+            isinstance(min_box_size, bool)
+            or not isinstance(min_box_size, numbers.Real)
+            or not (0 <= min_box_size < float("inf"))
+        ):
+            raise ValueError(
+                f"INPUT.MIN_BOX_SIZE is {min_box_size!r}; expected a number of pixels >= 0 "
+                "(1.0: mmdetection's filter, 0: off)"
+            )
         self.num_classes = num_classes
+        self.min_box_size = float(min_box_size)
         self.skip_unreadable = bool(skip_unreadable) and is_train
         self.bad_boxes = WarningTally("ATSSDatasetMapper: dropped boxes")
         self.skipped_images = WarningTally("ATSSDatasetMapper: skipped images")
@@ -174,6 +192,7 @@ class ATSSDatasetMapper(DatasetMapper):
         ret = super().from_config(cfg, is_train)
         ret["num_classes"] = cfg.MODEL.ATSS.NUM_CLASSES
         ret["skip_unreadable"] = cfg.DATALOADER.SKIP_UNREADABLE_IMAGES
+        ret["min_box_size"] = cfg.INPUT.MIN_BOX_SIZE
         return ret
 
     def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
@@ -240,9 +259,12 @@ class ATSSDatasetMapper(DatasetMapper):
         Returns:
             Instances of ``image_size`` with gt_boxes Boxes (G, 4) XYXY and gt_classes (G,).
         """
-        boxes, modes, classes, where = self._parse(annotations, file_name)
+        boxes, modes, classes, areas, where = self._parse(annotations, file_name)
+        sizes = self._widths_heights(boxes, modes)  # (N, 2) as annotated
         boxes = self._to_xyxy(boxes, modes)  # (N, 4)
-        boxes, classes = self._drop_bad_boxes(boxes, classes, where, orig_size, file_name)
+        boxes, classes = self._drop_bad_boxes(
+            boxes, classes, where, orig_size, file_name, sizes, areas
+        )
 
         if len(boxes):
             boxes = transforms.apply_box(boxes)
@@ -258,12 +280,14 @@ class ATSSDatasetMapper(DatasetMapper):
         return instances
 
     def _parse(self, annotations, file_name):
-        """Check every non-crowd annotation's fields; raise on malformed ones."""
+        """Check every non-crowd annotation's fields; raise on malformed ones. Returns boxes
+        (N, 4), box modes (N,), classes (N,), the annotations' "area" (N,; NaN when absent)
+        and (index, annotation) of each."""
         if not isinstance(annotations, (list, tuple)):
             raise DatasetAnnotationError(
                 f"{file_name}: 'annotations' must be a list, got {type(annotations).__name__}"
             )
-        boxes, modes, classes, where = [], [], [], []
+        boxes, modes, classes, areas, where = [], [], [], [], []
         for i, anno in enumerate(annotations):
             if not isinstance(anno, dict):
                 raise DatasetAnnotationError(
@@ -304,16 +328,25 @@ class ATSSDatasetMapper(DatasetMapper):
                     f"declared class (contiguous ids in [0{limit}; check the dataset's "
                     "categories and MODEL.ATSS.NUM_CLASSES"
                 )
+            area = anno.get("area")
             boxes.append([float(v) for v in values])
             modes.append(int(mode))
             classes.append(int(category))
+            areas.append(float(area) if isinstance(area, numbers.Real) else float("nan"))
             where.append((i, anno))
         return (
             np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
             np.asarray(modes, dtype=np.int64),
             np.asarray(classes, dtype=np.int64),
+            np.asarray(areas, dtype=np.float64),
             where,
         )
+
+    @staticmethod
+    def _widths_heights(boxes: np.ndarray, modes: np.ndarray) -> np.ndarray:
+        """(N, 2) width and height as annotated: XYWH's own w, h (no rounding through x1 + w)."""
+        xywh = (modes == int(BoxMode.XYWH_ABS))[:, None]
+        return np.where(xywh, boxes[:, 2:], boxes[:, 2:] - boxes[:, :2])
 
     @staticmethod
     def _to_xyxy(boxes: np.ndarray, modes: np.ndarray) -> np.ndarray:
@@ -323,8 +356,10 @@ class ATSSDatasetMapper(DatasetMapper):
         out[xywh, 2:] = boxes[xywh, :2] + boxes[xywh, 2:]
         return out
 
-    def _drop_bad_boxes(self, boxes, classes, where, orig_size, file_name):
-        """Drop (counting them) degenerate boxes and boxes outside the image; clip the rest."""
+    def _drop_bad_boxes(self, boxes, classes, where, orig_size, file_name, sizes, areas):
+        """Drop (counting them) degenerate boxes, boxes outside the image and, with
+        ``min_box_size``, small boxes and annotations of area <= 0; clip the rest. A box is
+        counted under the first problem it has."""
         if len(boxes) == 0:
             return boxes, classes
         h, w = orig_size
@@ -333,17 +368,27 @@ class ATSSDatasetMapper(DatasetMapper):
         with np.errstate(invalid="ignore"):
             positive = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             inside = (boxes[:, 2] > 0) & (boxes[:, 3] > 0) & (boxes[:, 0] < w) & (boxes[:, 1] < h)
+        keep = finite & positive & inside
         problems = [
             ("non-finite coordinates", ~finite),
             ("zero or negative width/height", finite & ~positive),
             (f"no overlap with the {w}x{h} image", finite & positive & ~inside),
         ]
+        if self.min_box_size > 0:
+            # mmdetection's CocoDataset: w < 1 or h < 1 or area <= 0 (in original pixels).
+            with np.errstate(invalid="ignore"):  # NaN (no "area") compares False
+                small = keep & (sizes < self.min_box_size).any(axis=1)
+                no_area = keep & ~small & (areas <= 0)
+            problems += [
+                (f"width or height < {self.min_box_size:g} px (INPUT.MIN_BOX_SIZE)", small),
+                ("an 'area' <= 0", no_area),
+            ]
+            keep &= ~(small | no_area)
         for kind, mask in problems:
             idx = np.flatnonzero(mask)
             if len(idx):
                 example = _describe(file_name, *where[idx[-1]])
                 self.bad_boxes.add(kind, len(idx), example)
-        keep = finite & positive & inside
         boxes = np.clip(boxes[keep], 0, [w, h, w, h])
         return boxes, classes[keep]
 

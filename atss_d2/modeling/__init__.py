@@ -1,6 +1,7 @@
 from .anchor_generator import ATSSLegacyAnchorGenerator
 from .atss import ATSS
 from .backbone import LastLevelP6P7FromP5, build_atss_resnet_fpn_backbone
+from .batch_norm import FrozenStatsBatchNorm2d
 from .box_coder import ATSSBoxCoder, ATSSPointCoder
 from .deform import DeformBottleneckBlock, DeformConv, DeformConvWithOffset
 from .head import ATSSHead, Scale
@@ -19,6 +20,7 @@ __all__ = [
     "DeformBottleneckBlock",
     "DeformConv",
     "DeformConvWithOffset",
+    "FrozenStatsBatchNorm2d",
     "LastLevelP6P7FromP5",
     "MatchResult",
     "Scale",

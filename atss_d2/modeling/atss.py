@@ -1,7 +1,8 @@
 """The ATSS meta-architecture: a detectron2 ``DenseDetector`` with adaptive sample selection."""
 
 import logging
-from typing import Dict, List, Tuple
+import math
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,8 @@ class ATSS(DenseDetector):
         focal_loss_gamma: float = 2.0,
         reg_loss_weight: float = 2.0,
         reg_norm_clamp: bool = True,
+        num_pos_norm: str = "per_image",
+        valid_anchors_per_image: bool = True,
         test_score_thresh: float = 0.05,
         test_topk_candidates: int = 1000,
         candidate_ranking: str = "cls",
@@ -81,6 +84,12 @@ class ATSS(DenseDetector):
             focal_loss_alpha, focal_loss_gamma: sigmoid focal loss parameters.
             reg_loss_weight: weight of the GIoU loss.
             reg_norm_clamp: clamp the box-loss normaliser (sum of centerness targets) at >= 1.
+            num_pos_norm: normaliser of the classification and centerness losses: "per_image"
+                (sum over images of max(positives, 1), mmdetection) or "total" (positives of
+                the batch floored at 1 once, the authors); both averaged over workers.
+            valid_anchors_per_image: train each image on the anchors inside its own padded
+                extent only (mmdetection); False: on every anchor of the padded batch (the
+                authors). See :meth:`valid_anchors`.
             test_score_thresh: keep (anchor, class) pairs with class probability above this.
             test_topk_candidates: candidates kept per level before NMS.
             candidate_ranking: "cls" ranks them by class probability, "cls_ctr" by class
@@ -99,6 +108,10 @@ class ATSS(DenseDetector):
             raise ValueError(
                 f"MODEL.ATSS.SCORE_MODE must be 'sqrt' or 'product', got {score_mode!r}"
             )
+        if num_pos_norm not in ("per_image", "total"):
+            raise ValueError(
+                f"MODEL.ATSS.NUM_POS_NORM must be 'per_image' or 'total', got {num_pos_norm!r}"
+            )
         if candidate_ranking not in ("cls", "cls_ctr"):
             raise ValueError(
                 "MODEL.ATSS.CANDIDATE_RANKING_TEST must be 'cls' or 'cls_ctr', "
@@ -112,6 +125,8 @@ class ATSS(DenseDetector):
         self.focal_loss_gamma = focal_loss_gamma
         self.reg_loss_weight = reg_loss_weight
         self.reg_norm_clamp = reg_norm_clamp
+        self.num_pos_norm = num_pos_norm
+        self.valid_anchors_per_image = valid_anchors_per_image
         self.test_score_thresh = test_score_thresh
         self.test_topk_candidates = test_topk_candidates
         self.candidate_ranking = candidate_ranking
@@ -160,6 +175,8 @@ class ATSS(DenseDetector):
             "focal_loss_gamma": cfg.MODEL.ATSS.FOCAL_LOSS_GAMMA,
             "reg_loss_weight": cfg.MODEL.ATSS.REG_LOSS_WEIGHT,
             "reg_norm_clamp": cfg.MODEL.ATSS.REG_NORM_CLAMP,
+            "num_pos_norm": cfg.MODEL.ATSS.NUM_POS_NORM,
+            "valid_anchors_per_image": cfg.MODEL.ATSS.VALID_ANCHORS_PER_IMAGE,
             "test_score_thresh": cfg.MODEL.ATSS.SCORE_THRESH_TEST,
             "test_topk_candidates": cfg.MODEL.ATSS.TOPK_CANDIDATES_TEST,
             "candidate_ranking": cfg.MODEL.ATSS.CANDIDATE_RANKING_TEST,
@@ -188,21 +205,72 @@ class ATSS(DenseDetector):
             predictions, [self.num_classes, 4, 1]
         )
         anchors = self.anchor_generator(features)
-        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        valid = None
+        if self.valid_anchors_per_image:
+            valid = self.valid_anchors(images.image_sizes, features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances, valid)
         return self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ctr)
+
+    def valid_anchors(
+        self, image_sizes: List[Tuple[int, int]], features: List[Tensor]
+    ) -> Optional[Tensor]:
+        """
+        The anchors inside each image's own padded extent, as mmdetection's
+        ``AnchorGenerator.valid_flags`` with the image's ``pad_shape`` (its size rounded up to
+        ``size_divisibility``, as ``DetDataPreprocessor`` pads it): on a level of stride s and
+        an H x W feature map, the anchors of the cells (i, j) with i < min(ceil(pad_h / s), H)
+        and j < min(ceil(pad_w / s), W). ``ATSSHead`` (``allowed_border=-1``) assigns and trains
+        each image on those alone.
+
+        Args:
+            image_sizes: (h, w) of each image before padding; features: per level (N, C, H, W).
+
+        Returns:
+            bool Tensor (N, R) on the CPU, levels concatenated as the anchors are; None when
+            every anchor is valid for every image (e.g. images of one size).
+        """
+        gen = self.anchor_generator
+        d = self.size_divisibility
+        pads = [[_round_up(int(h), d), _round_up(int(w), d)] for h, w in image_sizes]
+        masks, all_valid = [], True
+        for feature, stride, per_cell in zip(features, gen.strides, gen.num_cell_anchors):
+            height, width = (int(x) for x in feature.shape[-2:])
+            limits = [
+                [min(math.ceil(h / stride), height), min(math.ceil(w / stride), width)]
+                for h, w in pads
+            ]
+            all_valid &= all(lim == [height, width] for lim in limits)
+            limits = torch.tensor(limits, dtype=torch.long)  # (N, 2)
+            rows = torch.arange(height)[None, :, None] < limits[:, 0, None, None]  # (N, H, 1)
+            cols = torch.arange(width)[None, None, :] < limits[:, 1, None, None]  # (N, 1, W)
+            cells = (rows & cols).reshape(len(pads), height * width, 1)
+            # Anchors are location-major with the cell anchors inner, as the generator lays them.
+            masks.append(cells.expand(-1, -1, per_cell).reshape(len(pads), -1))
+        return None if all_valid else torch.cat(masks, dim=1)
 
     @torch.no_grad()
     def label_anchors(
-        self, anchors: List[Boxes], gt_instances: List[Instances]
+        self,
+        anchors: List[Boxes],
+        gt_instances: List[Instances],
+        valid: Optional[Tensor] = None,
     ) -> Tuple[List[Tensor], List[Tensor]]:
         """
+        Args:
+            anchors: per level Boxes (R_l, 4); gt_instances: per image, with gt_boxes and
+                gt_classes.
+            valid: optional bool (N, R), the anchors valid for each image
+                (:meth:`valid_anchors`): the others are never candidates and are ignored (-1).
+
         Returns:
             gt_labels: per image, LongTensor (R,): class index for positives, ``num_classes``
                 for background, -1 for ignored anchors.
             matched_gt_boxes: per image, Tensor (R, 4): the matched GT box (meaningful for
                 positives only).
         """
-        matches, thresholds = self.matcher.match_batch(anchors, [x.gt_boxes for x in gt_instances])
+        matches, thresholds = self.matcher.match_batch(
+            anchors, [x.gt_boxes for x in gt_instances], valid
+        )
         # (N, R) GT indices within each image -> indices into the batch's concatenated GTs.
         counts = [len(x) for x in gt_instances]
         first = torch.tensor([0] + counts[:-1], dtype=torch.long).cumsum(0)
@@ -237,14 +305,23 @@ class ATSS(DenseDetector):
                 :meth:`label_anchors`.
 
         Returns:
-            dict with "loss_cls", "loss_box_reg" and "loss_centerness".
+            dict with "loss_cls" (focal loss summed over the anchors labelled >= 0) and
+            "loss_centerness" (BCE summed over the positives), both divided by the
+            ``num_pos_norm`` normaliser, and "loss_box_reg" (GIoU weighted by the centerness
+            targets, divided by their sum averaged over workers, clamped per
+            ``reg_norm_clamp``).
         """
         gt_labels = torch.stack(gt_labels)  # (N, R)
         valid = gt_labels >= 0
         pos = valid & (gt_labels != self.num_classes)
-        # Normaliser: positives in the batch averaged over workers, floored at 1.
-        num_pos = reduce_mean(pos.sum().float())
-        normalizer = num_pos.clamp(min=1.0)
+        num_pos = pos.sum(dim=1).float()  # (N,)
+        if self.num_pos_norm == "per_image":
+            # mmdetection: each image counts max(positives, 1) (SamplingResult.avg_factor),
+            # summed over the batch, then averaged over workers.
+            normalizer = reduce_mean(num_pos.clamp(min=1.0).sum())
+        else:
+            # The authors: positives of the batch averaged over workers, floored at 1.
+            normalizer = reduce_mean(num_pos.sum()).clamp(min=1.0)
 
         logits = cat(pred_logits, dim=1).float()  # (N, R, K)
         target = F.one_hot(gt_labels[valid], self.num_classes + 1)[:, :-1].to(logits.dtype)
@@ -381,3 +458,9 @@ class ATSS(DenseDetector):
         x = boxes[:, 0::2].clamp(min=0, max=w - one)
         y = boxes[:, 1::2].clamp(min=0, max=h - one)
         return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+
+
+def _round_up(size: int, divisor: int) -> int:
+    """``size`` rounded up to a multiple of ``divisor`` (unchanged for divisor <= 1), as
+    ``ImageList.from_tensors`` pads."""
+    return -(-size // divisor) * divisor if divisor > 1 else size

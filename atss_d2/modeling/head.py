@@ -12,6 +12,9 @@ from torch import Tensor, nn
 
 __all__ = ["ATSSHead", "Scale"]
 
+# Initial bias of the box regression with REGRESSION_TYPE "POINT" (the authors' value).
+POINT_BIAS_INIT = 4.0
+
 
 class Scale(nn.Module):
     """A learnable scalar that multiplies its input (one per FPN level)."""
@@ -66,7 +69,8 @@ class ATSSHead(nn.Module):
             norm: tower normalization ("GN", "" or any name of detectron2's ``get_norm``).
             conv_bias: whether tower convs have a bias.
             prior_prob: foreground prior used to initialize the classification bias.
-            regression_type: "BOX" or "POINT" (ReLU after the scale, distances are >= 0).
+            regression_type: "BOX" or "POINT" (ReLU after the scale, distances are >= 0; the
+                box regression bias starts at 4, as the authors' head).
             dcn_in_tower: make the last conv of each tower a deformable conv.
         """
         super().__init__()
@@ -117,6 +121,11 @@ class ATSSHead(nn.Module):
                     nn.init.constant_(module.bias, 0)
         bias_value = -math.log((1 - prior_prob) / prior_prob)
         nn.init.constant_(self.cls_score.bias, bias_value)
+        if regression_type == "POINT":
+            # As the authors' ATSSHead (atss_core/modeling/rpn/atss/atss.py) for POINT: every
+            # distance starts at 4 strides, so with the 8 x stride anchors the first boxes are
+            # the anchors themselves (a zero bias would start from points).
+            nn.init.constant_(self.bbox_pred.bias, POINT_BIAS_INIT)
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):

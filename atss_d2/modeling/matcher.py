@@ -17,10 +17,18 @@ any topk returns the same indices in the same order) and the ``topk``-th is smal
 bound on the distance of every anchor outside the window. Any other GT (ties, centres near or
 beyond the border, ignored anchors in the way) falls back to the full column, computed as
 before, so the assignments are unchanged.
+
+In a padded batch of images of different sizes, ``match_batch`` takes the anchors that are valid
+for each image (mmdetection's ``AnchorGenerator.valid_flags`` inside the image's own padded
+extent; ``ATSSHead`` with ``allowed_border=-1`` trains on exactly those): the selection is then
+that of the image's valid anchors alone, as mmdetection's ``ATSSAssigner`` sees them
+(``flat_anchors[inside_flags]``, ``num_level_anchors_inside``): invalid anchors are never
+candidates, a level with fewer valid anchors than ``topk`` gives only those, and the threshold
+statistics run over the valid candidates.
 """
 
 import math
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from detectron2.structures import Boxes
@@ -46,7 +54,7 @@ _MIN_PAIRS_FOR_WINDOW = {"cpu": 1 << 18, "cuda": 1 << 25}
 class MatchResult(NamedTuple):
     """
     matches: LongTensor (A,): GT index per anchor, ``ATSSMatcher.BACKGROUND`` (-1) or
-        ``ATSSMatcher.IGNORE`` (-2, only with ignore boxes).
+        ``ATSSMatcher.IGNORE`` (-2: only with ignore boxes, or anchors not valid for the image).
     thresholds: Tensor (G,): the IoU threshold mean + std of each GT's candidates.
     """
 
@@ -158,16 +166,26 @@ class ATSSMatcher:
 
     @torch.no_grad()
     def match_batch(
-        self, anchors_per_level: List[Boxes], gt_boxes_per_image: List[Boxes]
+        self,
+        anchors_per_level: List[Boxes],
+        gt_boxes_per_image: List[Boxes],
+        valid: Optional[Tensor] = None,
     ) -> Tuple[Tensor, List[Tensor]]:
         """
         ``match`` for several images that share the anchors (one padded batch), with the GTs of
         all images processed together: the same results as one ``match`` per image, in a number
         of ops that does not grow with the batch size (on a GPU, each op is a kernel launch).
 
+        Args:
+            valid: optional bool (N, sum A_l), the anchors valid for each image (e.g. inside
+                its own padded extent). Each image then gets the selection of its valid anchors
+                alone (the same as ``match`` on those anchors, levels kept apart); its invalid
+                anchors are labelled ``IGNORE``. Best kept on the CPU: the per-level counts are
+                read there without waiting for the GPU.
+
         Returns:
             matches: LongTensor (N, sum A_l): per image, as ``match`` (GT indices within the
-                image, -1 background).
+                image, -1 background, -2 for anchors not ``valid``).
             thresholds: per image, Tensor (G_i,).
         """
         level_tensors = [_as_tensor(a) for a in anchors_per_level]
@@ -176,11 +194,23 @@ class ATSSMatcher:
             device = gts[0].device if gts else None
             empty = torch.empty(len(gts), 0, dtype=torch.long, device=device)
             return empty, [g.new_zeros(0) for g in gts]
-        matches, thresholds = self._match_images(level_tensors, gts, None)
+        if valid is not None:
+            num_anchors = sum(len(t) for t in level_tensors)
+            if valid.dtype != torch.bool or tuple(valid.shape) != (len(gts), num_anchors):
+                raise ValueError(
+                    f"ATSSMatcher.match_batch: valid must be a bool tensor of shape "
+                    f"({len(gts)}, {num_anchors}) (images, anchors), got {valid.dtype} "
+                    f"{tuple(valid.shape)}"
+                )
+        matches, thresholds = self._match_images(level_tensors, gts, None, valid)
         return matches, list(thresholds.split([len(g) for g in gts]))
 
     def _match_images(
-        self, level_tensors: List[Tensor], gts: List[Tensor], ignore: Optional[Tensor]
+        self,
+        level_tensors: List[Tensor],
+        gts: List[Tensor],
+        ignore: Optional[Tensor],
+        valid: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """
         Core of ``match`` / ``match_batch``: the GTs of all images, concatenated, go through
@@ -189,6 +219,8 @@ class ATSSMatcher:
 
         Args:
             ignore: (I, 4) ignore boxes shared by all images, or None.
+            valid: bool (N, A) anchors valid per image, or None (all valid). Not together with
+                ``ignore``.
 
         Returns:
             matches: LongTensor (N, A) of GT indices within each image; thresholds: (sum G_i,).
@@ -201,6 +233,9 @@ class ATSSMatcher:
         num_images, num_anchors = len(gts), anchors.shape[0]
         gt_counts = [len(g) for g in gts]
         num_gt = sum(gt_counts)
+        level_sizes = [len(t) for t in level_tensors]
+        # Copied without waiting for the device (``valid`` usually comes from the host).
+        valid_here = valid.to(device, non_blocking=True) if valid is not None else None
         gt = torch.cat(gts, dim=0) if gts else anchors.new_zeros(0, 4)
         gt = gt.to(device=device, dtype=anchors.dtype)
         matches = torch.full(
@@ -219,10 +254,22 @@ class ATSSMatcher:
             local_index = (torch.arange(num_gt) - first_gt[image_of_gt]).to(
                 device, non_blocking=True
             )
+            # Distances set to +inf before the top-k, as (rows (B, A) bool, row of each GT
+            # (G,)). Ignored anchors (one row for all GTs) can still fill a level that has too
+            # few others, as in the references; anchors not valid for a GT's image (one row per
+            # image) only fill such a level at the end of its candidates, and are then dropped
+            # from them (``short_images``).
+            blocked = None
+            short_images: Dict[Tuple[int, int], Tensor] = {}
+            if ignored is not None:
+                blocked = (ignored[None], torch.zeros(num_gt, dtype=torch.long, device=device))
+            if valid is not None:
+                assert ignored is None, "valid anchors and ignore boxes do not go together"
+                short_images = self._short_images(valid, level_sizes, gt_counts)
+                blocked = (~valid_here, image_of_gt.to(device, non_blocking=True))
 
             anchor_ctr = _centers(anchors)  # (A, 2)
             anchor_area = _areas(anchors)  # (A,)
-            level_sizes = [len(t) for t in level_tensors]
             grids = self._level_grids(anchor_ctr, level_sizes, min(num_gt, self.gt_chunk_size))
             # Best (priority-adjusted) IoU of each (image, anchor) over the GTs it is positive
             # for so far.
@@ -230,8 +277,22 @@ class ATSSMatcher:
             for start in range(0, num_gt, self.gt_chunk_size):
                 chunk = gt[start : start + self.gt_chunk_size]  # (Gc, 4)
                 stop = start + len(chunk)
+                chunk_blocked = None if blocked is None else (blocked[0], blocked[1][start:stop])
+                # Columns of the chunk whose image has fewer valid anchors than candidates.
+                short = [
+                    (max(lo, start) - start, min(hi, stop) - start, keep)
+                    for (lo, hi), keep in short_images.items()
+                    if lo < stop and hi > start
+                ]
                 cand, cand_iou, positive, thr = self._select(
-                    chunk, anchors, anchor_ctr, anchor_area, level_sizes, grids, ignored
+                    chunk,
+                    anchors,
+                    anchor_ctr,
+                    anchor_area,
+                    level_sizes,
+                    grids,
+                    chunk_blocked,
+                    short,
                 )
                 thresholds[start:stop] = thr
                 score = cand_iou
@@ -255,16 +316,57 @@ class ATSSMatcher:
         matches = matches.view(num_images, num_anchors)
         if ignored is not None:
             matches[(matches < 0) & ignored] = self.IGNORE
+        if valid_here is not None:
+            matches = torch.where(valid_here, matches, self.IGNORE)
         return matches, thresholds
 
-    def _select(self, chunk, anchors, anchor_ctr, anchor_area, level_sizes, grids, ignored):
+    def _short_images(
+        self, valid: Tensor, level_sizes: List[int], gt_counts: List[int]
+    ) -> Dict[Tuple[int, int], Tensor]:
+        """
+        Images with GTs that have, on some level, fewer valid anchors than candidates per GT
+        (``min(topk, A_l)``): their GTs get fewer candidates than the others.
+
+        Returns:
+            {(first GT, end GT) of the image: LongTensor of the positions, within each GT's
+            candidate list (levels in order, nearest first), of its valid candidates}.
+        """
+        bounds = torch.tensor([0] + level_sizes).cumsum(0).tolist()
+        counts = torch.stack(
+            [valid[:, lo:hi].sum(dim=1) for lo, hi in zip(bounds[:-1], bounds[1:])], dim=1
+        ).tolist()  # (N, L); a host copy (no wait when ``valid`` is on the CPU)
+        result, first = {}, 0
+        for image, num in enumerate(gt_counts):
+            keep, pos, short = [], 0, False
+            for size, num_valid in zip(level_sizes, counts[image]):
+                if size == 0:
+                    continue
+                k = min(self.topk, size)
+                # Invalid anchors are at +inf: a level's valid candidates come first.
+                keep.extend(range(pos, pos + min(k, num_valid)))
+                short |= num_valid < k
+                pos += k
+            if short and num > 0:
+                result[(first, first + num)] = torch.tensor(keep, dtype=torch.long)
+            first += num
+        return result
+
+    def _select(
+        self, chunk, anchors, anchor_ctr, anchor_area, level_sizes, grids, blocked, short=()
+    ):
         """
         Candidates of a chunk of GTs and their positive mask. Written to launch few ops: on a
         GPU each one costs more than its arithmetic for typical GT counts.
 
+        Args:
+            blocked: None, or (rows (B, A) bool, row of each GT of the chunk (Gc,)): anchors
+                whose distance to that GT is taken as +inf.
+            short: (first column, end column, positions of the valid candidates) for GTs some
+                of whose candidates are not valid anchors of their image.
+
         Returns:
-            cand: LongTensor (C, Gc) anchor indices; cand_iou: (C, Gc); positive: bool (C, Gc);
-            thresholds: (Gc,).
+            cand: LongTensor (C, Gc) anchor indices; cand_iou: (C, Gc), 0 for candidates that
+            are not valid; positive: bool (C, Gc); thresholds: (Gc,).
         """
         gt_ctr = _centers(chunk)  # (Gc, 2)
         starts = [0]
@@ -276,8 +378,8 @@ class ATSSMatcher:
         if full:
             lo, hi = starts[full[0]], starts[full[-1] + 1]
             dist = _distances(anchor_ctr[lo:hi], gt_ctr)  # (A_span, Gc)
-            if ignored is not None:
-                dist[ignored[lo:hi]] = float("inf")
+            if blocked is not None:
+                dist.masked_fill_(_blocked_mask(blocked, lo, hi), float("inf"))
         candidates = []
         for level, (size, grid) in enumerate(zip(level_sizes, grids)):
             if size == 0:
@@ -288,8 +390,10 @@ class ATSSMatcher:
                 idx = rows.topk(k, dim=0, largest=False).indices
             else:
                 ctr = anchor_ctr[start : start + size]
-                ign = ignored[start : start + size] if ignored is not None else None
-                idx = self._nearest_windowed(ctr, gt_ctr, k, ign, grid)
+                blk = None
+                if blocked is not None:
+                    blk = (blocked[0][:, start : start + size], blocked[1])
+                idx = self._nearest_windowed(ctr, gt_ctr, k, blk, grid)
             candidates.append(idx + start)
         cand = torch.cat(candidates, dim=0)  # (C, Gc)
         # candidate_ious(anchors[cand], chunk), with the anchor areas computed once per image.
@@ -309,13 +413,28 @@ class ATSSMatcher:
         # Bessel-corrected std; a single candidate (one anchor in the whole image) has no
         # spread, so its std is taken as 0 rather than NaN.
         std = rows.std(dim=1) if cand.shape[0] > 1 else torch.zeros_like(mean)
+        cand_valid = None
+        for lo_col, hi_col, keep in short:
+            # The statistics of these GTs' valid candidates alone, row by row as above.
+            keep = keep.to(rows.device)
+            sub = rows[lo_col:hi_col, keep]  # (g, C_i)
+            mean[lo_col:hi_col] = sub.mean(dim=1)
+            std[lo_col:hi_col] = sub.std(dim=1) if sub.shape[1] > 1 else 0.0
+            if cand_valid is None:
+                cand_valid = torch.ones_like(cand_iou, dtype=torch.bool)
+            cand_valid[:, lo_col:hi_col] = False
+            cand_valid[keep, lo_col:hi_col] = True
         thr = mean + std
         positive = cand_iou >= thr[None, :]
         # Candidate centres strictly inside the GT: min(l, t, r, b) > eps.
         ctr = anchor_ctr[cand]  # (C, Gc, 2)
         ltrb = torch.cat([ctr - chunk[:, :2], chunk[:, 2:] - ctr], dim=-1)  # (C, Gc, 4)
         inside = ltrb.amin(dim=-1) > _INSIDE_EPS
-        return cand, cand_iou, positive & inside, thr
+        positive &= inside
+        if cand_valid is not None:
+            positive &= cand_valid
+            cand_iou = torch.where(cand_valid, cand_iou, 0.0)
+        return cand, cand_iou, positive, thr
 
     def _level_grids(
         self, anchor_ctr: Tensor, level_sizes: List[int], gts_per_chunk: int
@@ -341,7 +460,7 @@ class ATSSMatcher:
         return math.floor((m + 0.5) * math.sqrt(2) - 0.5) + 1
 
     def _nearest_windowed(
-        self, ctr: Tensor, gt_ctr: Tensor, k: int, ignored: Optional[Tensor], grid: tuple
+        self, ctr: Tensor, gt_ctr: Tensor, k: int, blocked: Optional[tuple], grid: tuple
     ) -> Tensor:
         """
         Like :func:`_nearest_full`, from the distances in a window of the grid around each GT
@@ -349,7 +468,7 @@ class ATSSMatcher:
 
         Args:
             ctr: (A_l, 2) anchor centres of the level, on ``grid``; gt_ctr: (Gc, 2);
-            ignored: bool (A_l,) or None.
+            blocked: None or (rows (B, A_l) bool, row of each GT (Gc,)), as in ``_select``.
 
         Returns:
             LongTensor (k, Gc): anchor indices within the level, nearest first.
@@ -358,7 +477,7 @@ class ATSSMatcher:
         r = self._window_radius()
         nx, ny = min(2 * r + 1, width), min(2 * r + 1, height)
         if nx * ny <= k:  # a grid one or two cells thin: the window cannot prove anything
-            return _nearest_full(ctr, gt_ctr, k, ignored)
+            return _nearest_full(ctr, gt_ctr, k, blocked)
         num_gt = gt_ctr.shape[0]
         ctr64 = gt_ctr.double()
         # Window origin: r cells before the nearest grid point, moved inside the grid.
@@ -371,8 +490,12 @@ class ATSSMatcher:
         window = (rows[:, :, None] * width + cols[:, None, :]).reshape(num_gt, ny * nx)
         # Same formula as the full matrix, element for element.
         dist = (ctr[window] - gt_ctr[:, None, :]).pow(2).sum(-1).sqrt()  # (Gc, n)
-        if ignored is not None:
-            dist[ignored[window]] = float("inf")
+        if blocked is not None:
+            rows_l, gt_rows = blocked
+            if rows_l.shape[0] == 1:
+                dist[rows_l[0][window]] = float("inf")
+            else:
+                dist[rows_l[gt_rows[:, None], window]] = float("inf")
         kk = min(k + 1, window.shape[1])
         values, pos = dist.topk(kk, dim=1, largest=False)  # (Gc, kk), ascending
         kth = values[:, k - 1]
@@ -396,7 +519,8 @@ class ATSSMatcher:
         idx = window.gather(1, pos[:, :k]).t().contiguous()  # (k, Gc)
         uncertain = (~certain).nonzero().squeeze(1)
         if uncertain.numel() > 0:
-            idx[:, uncertain] = _nearest_full(ctr, gt_ctr[uncertain], k, ignored)
+            sub = None if blocked is None else (blocked[0], blocked[1][uncertain])
+            idx[:, uncertain] = _nearest_full(ctr, gt_ctr[uncertain], k, sub)
         return idx
 
     @staticmethod
@@ -454,21 +578,31 @@ def _distances(ctr: Tensor, gt_ctr: Tensor) -> Tensor:
     return (ctr[:, None, :] - gt_ctr[None, :, :]).pow(2).sum(-1).sqrt()
 
 
-def _nearest_full(ctr: Tensor, gt_ctr: Tensor, k: int, ignored: Optional[Tensor]) -> Tensor:
+def _blocked_mask(blocked: tuple, lo: int, hi: int) -> Tensor:
+    """Bool (hi - lo, Gc), or (hi - lo, 1) when one row is shared by every GT: the anchors
+    lo..hi-1 blocked for each GT, from ``blocked`` = (rows (B, A) bool, row of each GT (Gc,))."""
+    rows, gt_rows = blocked
+    if rows.shape[0] == 1:
+        return rows[0, lo:hi, None]
+    return rows[:, lo:hi][gt_rows].t()
+
+
+def _nearest_full(ctr: Tensor, gt_ctr: Tensor, k: int, blocked: Optional[tuple]) -> Tensor:
     """
     The ``k`` anchors of a level whose centres are closest to each GT centre, from the full
     distance matrix, as both references compute it.
 
     Args:
-        ctr: (A_l, 2) anchor centres; gt_ctr: (Gc, 2); ignored: bool (A_l,) or None (those
-            anchors are never candidates unless fewer than ``k`` others exist).
+        ctr: (A_l, 2) anchor centres; gt_ctr: (Gc, 2); blocked: None, or (rows (B, A_l) bool,
+            row of each GT (Gc,)): anchors at +inf for that GT (so never candidates unless
+            fewer than ``k`` others exist).
 
     Returns:
         LongTensor (k, Gc): anchor indices within the level, nearest first.
     """
     dist = _distances(ctr, gt_ctr)  # (A_l, Gc)
-    if ignored is not None:
-        dist[ignored] = float("inf")
+    if blocked is not None:
+        dist.masked_fill_(_blocked_mask(blocked, 0, len(ctr)), float("inf"))
     return dist.topk(k, dim=0, largest=False).indices  # (k, Gc)
 
 

@@ -1,4 +1,5 @@
-"""ResNet / ResNeXt builder whose deformable stages run on torchvision's ``deform_conv2d``."""
+"""ResNet / ResNeXt builder whose deformable stages run on torchvision's ``deform_conv2d`` and
+which also takes ``MODEL.RESNETS.NORM`` "FrozenStatsBN" (mmdetection's ``norm_eval``)."""
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -9,9 +10,14 @@ from detectron2.modeling.backbone.resnet import (
     build_resnet_backbone,
 )
 
+from .batch_norm import convert_to_frozen_stats
 from .deform import DeformBottleneckBlock
 
-__all__ = ["build_atss_resnet_backbone"]
+__all__ = ["FROZEN_STATS_BN", "build_atss_resnet_backbone"]
+
+# MODEL.RESNETS.NORM of mmdetection's backbone normalisation (BatchNorm statistics frozen,
+# affine weight and bias trained): atss_d2.modeling.batch_norm.FrozenStatsBatchNorm2d.
+FROZEN_STATS_BN = "FrozenStatsBN"
 
 _BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
@@ -23,7 +29,22 @@ def build_atss_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     ``build_resnet_backbone``. Stages flagged in ``MODEL.RESNETS.DEFORM_ON_PER_STAGE`` (res2..res5)
     use :class:`DeformBottleneckBlock` (same parameter names as detectron2's, so the same
     checkpoints load), which needs no compiled detectron2 ops.
+
+    ``MODEL.RESNETS.NORM`` takes detectron2's names and "FrozenStatsBN": the network is built
+    with BatchNorm, the stages below ``MODEL.BACKBONE.FREEZE_AT`` become ``FrozenBatchNorm2d``
+    (detectron2's freezing), and the BatchNorm of the other stages becomes
+    :class:`~atss_d2.modeling.batch_norm.FrozenStatsBatchNorm2d`: statistics frozen, weight and
+    bias trained, as mmdetection's ``norm_eval=True`` with ``requires_grad=True``.
     """
+    if cfg.MODEL.RESNETS.NORM == FROZEN_STATS_BN:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.RESNETS.NORM = "BN"
+        return convert_to_frozen_stats(_build(cfg, input_shape))
+    return _build(cfg, input_shape)
+
+
+def _build(cfg, input_shape: ShapeSpec) -> ResNet:
     r = cfg.MODEL.RESNETS
     if not any(r.DEFORM_ON_PER_STAGE):
         return build_resnet_backbone(cfg, input_shape)
