@@ -8,10 +8,11 @@ lazy: the images are drawn (once, then reused from disk) the first time the data
 under ``$ATSS_D2_DATASETS/shapes`` or, by default, ``datasets/shapes`` at the repository root.
 
 Scripts register the datasets of their command line (``--coco-dataset NAME JSON IMAGE_DIR``,
-``--voc-dataset NAME ANNOTATIONS_DIR IMAGES_DIR``, ``--classes a,b,c``) with
-:func:`register_datasets_from_args`.
+``--voc-dataset NAME ANNOTATIONS_DIR IMAGES_DIR``, ``--classes a,b,c``; added to a parser by
+:func:`add_dataset_arguments`) with :func:`register_datasets_from_args`.
 """
 
+import argparse
 import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Union
@@ -19,6 +20,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from .build import build_atss_train_loader
 from .coco import register_coco_dataset, validate_coco_json
 from .shapes import SHAPES_CLASSES, SHAPES_COLORS, SHAPES_SPLITS, ShapesSpec, generate_shapes
 from .voc import VOCAnnotationError, load_voc_folder, register_voc_dataset, voc_class_names
@@ -28,6 +30,8 @@ __all__ = [
     "SHAPES_SPLITS",
     "ShapesSpec",
     "VOCAnnotationError",
+    "add_dataset_arguments",
+    "build_atss_train_loader",
     "datasets_root",
     "generate_shapes",
     "load_shapes",
@@ -108,6 +112,32 @@ def parse_class_names(text: str) -> List[str]:
     if not all(names):
         raise ValueError(f"--classes {text!r}: expected comma-separated names, e.g. 'cat,dog'")
     return names
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--coco-dataset``, ``--voc-dataset`` and ``--classes`` to ``parser``, as
+    ``train_net.py`` has them; pass the parsed values to :func:`register_datasets_from_args`."""
+    parser.add_argument(
+        "--coco-dataset",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_DIR"),
+        help="register a COCO-format dataset under NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--voc-dataset",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "ANNOTATIONS_DIR", "IMAGES_DIR"),
+        help="register a folder of Pascal VOC XML files under NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--classes",
+        metavar="A,B,C",
+        help="class names (and their order) of the --voc-dataset folders; default: the sorted "
+        "union of the names in their XML files",
+    )
+    return parser
 
 
 def register_datasets_from_args(
