@@ -5,6 +5,8 @@ The shipped configs as a model zoo, in the shape of ``detectron2.model_zoo``:
     path = model_zoo.get_config_file("COCO-Detection/atss_R_50_FPN_1x.yaml")
     cfg = model_zoo.get_config("COCO-Detection/atss_R_50_FPN_1x.yaml")   # MODEL.ATSS added
     model = model_zoo.get("Shapes/atss_R_18_FPN_shapes.yaml")             # built, weights loaded
+    lazy = model_zoo.get_config("COCO-Detection/atss_R_50_FPN_1x.py")     # a LazyConfig
+    model = model_zoo.get("Shapes/atss_R_18_FPN_shapes.py")               # instantiated
 
 The configs live in the repository's ``configs/``; an installed wheel carries a copy inside the
 package (``atss_d2/configs``, written by ``setup.py``), so these work from any directory.
@@ -30,10 +32,19 @@ def _config_root() -> Path:
     return _PACKAGED if _PACKAGED.is_dir() else _REPOSITORY
 
 
+# LazyConfig pieces that the .py configs import (models, data, optimizers...), no configs alone.
+_COMMON = "common"
+
+
 def list_configs() -> List[str]:
-    """Every shipped config, as the relative names the functions below take."""
+    """Every shipped config, as the relative names the functions below take (not the pieces
+    under ``common/`` that the ``.py`` configs are made of)."""
     root = _config_root()
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix in (".yaml", ".py"))
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.suffix in (".yaml", ".py") and p.relative_to(root).parts[0] != _COMMON
+    )
 
 
 def get_config_file(config_path: str) -> str:
@@ -93,6 +104,7 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None) -
         weights = cfg.MODEL.WEIGHTS
     else:
         model = instantiate(cfg.model)
+        device = device or cfg.get("train", {}).get("device")
         if device is not None:
             model = model.to(device)
         weights = cfg.get("train", {}).get("init_checkpoint", "")

@@ -1,11 +1,16 @@
-"""The optimizer of ``SOLVER.OPTIMIZER``: detectron2's SGD, or AdamW for short from-scratch runs."""
+"""
+The optimizer of ``SOLVER.OPTIMIZER``: detectron2's SGD, or AdamW for short from-scratch runs;
+for LazyConfig files, :func:`build_clipped_optimizer` (``SOLVER.CLIP_GRADIENTS`` as arguments).
+"""
+
+from typing import Type
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver import build_optimizer as build_sgd_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
-__all__ = ["build_optimizer"]
+__all__ = ["build_clipped_optimizer", "build_optimizer"]
 
 
 def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -32,3 +37,37 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
         params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
     )
+
+
+def build_clipped_optimizer(
+    optimizer_class: Type[torch.optim.Optimizer],
+    *,
+    clip_type: str = "value",
+    clip_value: float = 1.0,
+    norm_type: float = 2.0,
+    **kwargs,
+) -> torch.optim.Optimizer:
+    """
+    ``optimizer_class(**kwargs)`` whose ``step`` first clips each parameter's gradient, as
+    detectron2 does with ``SOLVER.CLIP_GRADIENTS.ENABLED`` (the same code: per parameter, by
+    value or by norm). The LazyConfig spelling of those keys, e.g.
+    ``L(build_clipped_optimizer)(optimizer_class=torch.optim.AdamW, clip_type="norm",
+    clip_value=1.0, params=..., lr=...)``.
+
+    Args:
+        clip_type, clip_value, norm_type: ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE`` ("value" or
+            "norm"), ``CLIP_VALUE`` and ``NORM_TYPE``.
+        kwargs: the optimizer's arguments (``params``, ``lr``, ...).
+    """
+    clip = CfgNode(
+        {
+            "ENABLED": True,
+            "CLIP_TYPE": clip_type,
+            "CLIP_VALUE": float(clip_value),
+            "NORM_TYPE": float(norm_type),
+        }
+    )
+    wrapped = maybe_add_gradient_clipping(
+        CfgNode({"SOLVER": {"CLIP_GRADIENTS": clip}}), optimizer_class
+    )
+    return wrapped(**kwargs)

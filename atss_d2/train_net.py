@@ -4,13 +4,16 @@ and of the ``atss-train`` command.
 
     atss-train --config-file configs/COCO-Detection/atss_R_50_FPN_1x.yaml --num-gpus 8
     atss-train --config-file ... --eval-only MODEL.WEIGHTS /path/to/model.pth
+    atss-train --config-file configs/COCO-Detection/atss_R_50_FPN_1x.py train.max_iter=1000
     atss-train --config-file configs/Custom/atss_R_18_FPN_cpu.yaml \\
         --voc-dataset custom_train data/Annotations data/JPEGImages MODEL.ATSS.NUM_CLASSES 3
 
 The shape of detectron2's ``train_net.py``: ``setup``, ``main``, ``get_parser``, ``cli``; the
 trainer is :class:`atss_d2.engine.ATSSTrainer`, the dataset flags register through
 :func:`atss_d2.data.register_datasets_from_args`. ``--config-file`` also takes the name of a
-shipped config (``atss_d2.model_zoo``), e.g. ``COCO-Detection/atss_R_50_FPN_1x.yaml``.
+shipped config (``atss_d2.model_zoo``), e.g. ``COCO-Detection/atss_R_50_FPN_1x.yaml``. A ``.py``
+config (LazyConfig: ``key=value`` overrides, ``train.init_checkpoint`` for ``--eval-only``) runs
+the flow of :mod:`atss_d2.engine.lazy`.
 """
 
 import os
@@ -29,6 +32,7 @@ from .engine import (
     ATSSTrainer,
     ConfigError,
     launch,
+    lazy,
     merge_config_file,
     merge_config_opts,
     validate_config,
@@ -68,6 +72,9 @@ def setup(args):
 
 def main(args):
     register_datasets_from_args(args.coco_dataset, args.voc_dataset, args.classes)
+    args.config_file = resolve_config_file(args.config_file)
+    if lazy.is_lazy_config(args.config_file):
+        return lazy.main(args)  # LazyConfig flow: key=value overrides, train.* keys
     cfg = setup(args)
     validate_config(cfg, train=not args.eval_only)  # datasets, NUM_CLASSES: before building
 

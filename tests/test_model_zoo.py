@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 from detectron2.config import CfgNode
+from omegaconf import DictConfig
 from tiny_setup import REPO
 
 from atss_d2 import model_zoo
@@ -45,6 +46,25 @@ def test_get_builds_the_model():
     assert model.head.num_classes == 3
 
 
+def test_lazy_configs_by_name():
+    configs = REPO / "configs"
+    shipped = sorted(
+        str(p.relative_to(configs))
+        for p in configs.rglob("*.py")
+        if p.relative_to(configs).parts[0] != "common"  # pieces the .py configs import
+    )
+    names = model_zoo.list_configs()
+    assert "COCO-Detection/atss_R_50_FPN_1x.py" in shipped
+    assert [n for n in names if n.endswith(".py")] == shipped
+    assert not [n for n in names if n.startswith("common/")]
+    cfg = model_zoo.get_config("COCO-Detection/atss_R_50_FPN_1x.py")
+    assert isinstance(cfg, DictConfig) and cfg.model.backbone.bottom_up.stages.depth == 50
+    assert cfg.train.init_checkpoint == "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
+    model = model_zoo.get("Shapes/atss_R_18_FPN_shapes.py", device="cpu")
+    assert isinstance(model, ATSS) and model.training
+    assert model.head.num_classes == 3 and model.pixel_mean.device.type == "cpu"
+
+
 def test_an_installed_wheel_finds_its_configs_from_anywhere(tmp_path):
     wheels = tmp_path / "wheels"
     subprocess.run(
@@ -68,6 +88,8 @@ def test_an_installed_wheel_finds_its_configs_from_anywhere(tmp_path):
         cfg = model_zoo.get_config("Original/atss_dcnv2_X_101_64x4d_FPN_2x_ms.yaml")
         assert cfg.MODEL.RESNETS.NUM_GROUPS == 64 and cfg.MODEL.ATSS.DCN_IN_TOWER  # _BASE_ chain
         model = model_zoo.get("Shapes/atss_R_18_FPN_shapes.yaml", device="cpu")
+        lazy = model_zoo.get("Shapes/atss_R_18_FPN_shapes.py", device="cpu")  # ../common
+        assert type(lazy) is type(model)
         print("OK", type(model).__name__, len(model_zoo.list_configs()))
         """)
     env = dict(os.environ, PYTHONPATH=str(site), PYTHONWARNINGS="ignore")

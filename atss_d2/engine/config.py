@@ -26,6 +26,7 @@ from ..config_checks import ConfigError, check_atss_config
 __all__ = [
     "ConfigError",
     "check_atss_config",
+    "check_dataset_classes",
     "check_num_classes",
     "merge_config_file",
     "merge_config_opts",
@@ -199,7 +200,17 @@ def check_num_classes(cfg: CfgNode, dataset_names: Iterable[str]) -> List[str]:
         the names whose metadata has no ``thing_classes`` yet (COCO json datasets get them
         when first loaded), which could not be checked.
     """
-    num_classes = cfg.MODEL.ATSS.NUM_CLASSES
+    return check_dataset_classes(cfg.MODEL.ATSS.NUM_CLASSES, dataset_names)
+
+
+def check_dataset_classes(
+    num_classes: int,
+    dataset_names: Iterable[str],
+    key: str = "MODEL.ATSS.NUM_CLASSES",
+    fix: str = "set MODEL.ATSS.NUM_CLASSES {}",
+) -> List[str]:
+    """:func:`check_num_classes` for a number of classes set by ``key`` (named in the error,
+    with ``fix`` formatted with the datasets' count), e.g. a LazyConfig's ``model.num_classes``."""
     unchecked = []
     for name in dataset_names:
         classes = MetadataCatalog.get(name).get("thing_classes")
@@ -209,8 +220,8 @@ def check_num_classes(cfg: CfgNode, dataset_names: Iterable[str]) -> List[str]:
         if len(classes) != num_classes:
             shown = ", ".join(map(str, classes[:8])) + (", ..." if len(classes) > 8 else "")
             raise ConfigError(
-                f"MODEL.ATSS.NUM_CLASSES is {num_classes}, but dataset {name!r} has "
-                f"{len(classes)} classes ({shown}); set MODEL.ATSS.NUM_CLASSES {len(classes)}"
+                f"{key} is {num_classes}, but dataset {name!r} has {len(classes)} classes "
+                f"({shown}); {fix.format(len(classes))}"
             )
     return unchecked
 
