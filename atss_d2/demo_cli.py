@@ -24,7 +24,7 @@ from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
 from . import add_atss_config
-from .data import VOCAnnotationError, register_datasets_from_args
+from .data import VOCAnnotationError, add_dataset_arguments, register_datasets_from_args
 from .demo import (
     ClassNamesError,
     DemoFailed,
@@ -86,25 +86,11 @@ def get_parser():
         default=0.5,
         help="minimum (drawn) score of the detections drawn and saved",
     )
-    parser.add_argument(
-        "--coco-dataset",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "JSON", "IMAGE_DIR"),
-        help="register a COCO-format dataset under NAME (repeatable); the first dataset given "
-        "names the drawn classes",
-    )
-    parser.add_argument(
-        "--voc-dataset",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "ANNOTATIONS_DIR", "IMAGES_DIR"),
-        help="register a folder of Pascal VOC XML files under NAME (repeatable)",
-    )
-    parser.add_argument(
-        "--classes",
-        help="comma-separated class names: the class order of --voc-dataset folders (default: "
-        "their sorted union), or, without a dataset flag, the names of the drawn classes",
+    add_dataset_arguments(
+        parser,
+        classes_help="comma-separated class names: the class order of --voc-dataset folders "
+        "(default: their sorted union), or, without a dataset flag, the names of the drawn "
+        "classes; the first dataset given names the drawn classes",
     )
     parser.add_argument(
         "--opts",

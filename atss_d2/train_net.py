@@ -27,7 +27,7 @@ from detectron2.utils.logger import setup_logger
 
 from . import add_atss_config, model_zoo
 from .checkpoint import CheckpointReadError, UnsafeCheckpointError, WeightsNotFoundError
-from .data import register_datasets_from_args
+from .data import add_dataset_arguments, register_datasets_from_args
 from .engine import (
     ATSSTrainer,
     ConfigError,
@@ -91,28 +91,7 @@ def main(args):
 
 def get_parser():
     parser = default_argument_parser()
-    parser.add_argument(
-        "--coco-dataset",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "JSON", "IMAGE_DIR"),
-        help="register a COCO-format dataset under NAME (repeatable), so that "
-        "DATASETS.TRAIN / DATASETS.TEST can name it",
-    )
-    parser.add_argument(
-        "--voc-dataset",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "ANNOTATIONS_DIR", "IMAGES_DIR"),
-        help="register a folder of Pascal VOC XML files under NAME (repeatable)",
-    )
-    parser.add_argument(
-        "--classes",
-        metavar="A,B,C",
-        help="class names (and their order) of the --voc-dataset folders; default: the sorted "
-        "union of the names in their XML files",
-    )
-    return parser
+    return add_dataset_arguments(parser)  # --coco-dataset, --voc-dataset, --classes
 
 
 def cli(argv=None):

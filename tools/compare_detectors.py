@@ -59,7 +59,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 import atss_d2
-from atss_d2.data import register_datasets_from_args
+from atss_d2.data import add_dataset_arguments, register_datasets_from_args
 from atss_d2.engine import ATSSTrainer, merge_config_file, merge_config_opts
 from atss_d2.modeling.backbone import build_atss_resnet_fpn_backbone
 from atss_d2.solver import build_optimizer
@@ -310,25 +310,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="output/compare", help="output folder")
     parser.add_argument("--train-datasets", help="comma-separated registered datasets")
     parser.add_argument("--test-dataset", help="registered dataset to evaluate on")
-    parser.add_argument(
-        "--coco-dataset",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "JSON", "IMAGE_DIR"),
-        help="register a COCO-format dataset under NAME (repeatable)",
-    )
-    parser.add_argument(
-        "--voc-dataset",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "ANNOTATIONS_DIR", "IMAGES_DIR"),
-        help="register a folder of Pascal VOC XML files under NAME (repeatable)",
-    )
-    parser.add_argument(
-        "--classes",
-        help="comma-separated class names of the --voc-dataset folders (default: their sorted "
-        "union)",
-    )
+    add_dataset_arguments(parser)  # --coco-dataset, --voc-dataset, --classes
     parser.add_argument("--plot", action="store_true", help="also write compare.png")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser

@@ -114,7 +114,9 @@ def parse_class_names(text: str) -> List[str]:
     return names
 
 
-def add_dataset_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_dataset_arguments(
+    parser: argparse.ArgumentParser, classes_help: Optional[str] = None
+) -> argparse.ArgumentParser:
     """Add ``--coco-dataset``, ``--voc-dataset`` and ``--classes`` to ``parser``, as
     ``train_net.py`` has them; pass the parsed values to :func:`register_datasets_from_args`."""
     parser.add_argument(
@@ -134,7 +136,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument(
         "--classes",
         metavar="A,B,C",
-        help="class names (and their order) of the --voc-dataset folders; default: the sorted "
+        help=classes_help
+        or "class names (and their order) of the --voc-dataset folders; default: the sorted "
         "union of the names in their XML files",
     )
     return parser
