@@ -217,7 +217,10 @@ def test_frozen_layers_without_weights_warn_once(tmp_path, caplog):
 
     with registered("pretrained_tiny", image_dicts(tmp_path / "img")):
         cases = {
-            ("MODEL.BACKBONE.FREEZE_AT", "2"): ["FREEZE_AT=2 freezes the stem, res2"],
+            ("MODEL.BACKBONE.FREEZE_AT", "2"): [
+                "FREEZE_AT=2 freezes the stem, res2",
+                "'FrozenStatsBN' freezes the backbone's normalisation statistics",
+            ],
             ("MODEL.BACKBONE.FREEZE_AT", "2", "MODEL.RESNETS.NORM", "FrozenBN"): [
                 "FREEZE_AT=2 freezes the stem, res2",
                 "FrozenBN",

@@ -52,7 +52,7 @@ def _check_loaded_classes(cfg, dataset_names) -> None:
 def frozen_random_layers(cfg) -> str:
     """
     A sentence naming the backbone layers that ``cfg`` freezes (``MODEL.BACKBONE.FREEZE_AT``,
-    ``MODEL.RESNETS.NORM`` "FrozenBN"), or "" when it freezes none. Frozen layers only make
+    ``MODEL.RESNETS.NORM`` "FrozenBN" or "FrozenStatsBN"), or "" when it freezes none. Frozen layers only make
     sense with pretrained ``MODEL.WEIGHTS``: from random weights they stay random.
     """
     frozen = []
@@ -62,6 +62,10 @@ def frozen_random_layers(cfg) -> str:
         frozen.append(f"MODEL.BACKBONE.FREEZE_AT={freeze_at} freezes {stages}")
     if cfg.MODEL.RESNETS.NORM == "FrozenBN":
         frozen.append("MODEL.RESNETS.NORM='FrozenBN' freezes every backbone normalisation")
+    elif cfg.MODEL.RESNETS.NORM == "FrozenStatsBN":
+        frozen.append(
+            "MODEL.RESNETS.NORM='FrozenStatsBN' freezes the backbone's normalisation statistics"
+        )
     return "; ".join(frozen)
 
 
