@@ -5,9 +5,9 @@ data, solver and number of iterations, each model evaluated with COCO AP.
 
     python tools/compare_detectors.py                        # the shapes config, its MAX_ITER
     python tools/compare_detectors.py --iters 300 --plot --out output/compare
-    python tools/compare_detectors.py --coco-dataset my_train train.json images/ \\
-        --coco-dataset my_val val.json images/ --train-datasets my_train --test-dataset my_val \\
-        MODEL.ATSS.NUM_CLASSES 5
+    python tools/compare_detectors.py --config-file configs/Custom/atss_R_18_FPN_cpu.yaml \\
+        --coco-dataset my_train train.json images/ --coco-dataset my_val val.json images/ \\
+        --train-datasets my_train --test-dataset my_val MODEL.ATSS.NUM_CLASSES 5
     python tools/compare_detectors.py --voc-dataset my_voc Annotations/ JPEGImages/ \\
         --classes cat,dog --train-datasets my_voc --test-dataset my_voc MODEL.ATSS.NUM_CLASSES 2
 
