@@ -52,8 +52,9 @@ def _check_loaded_classes(cfg, dataset_names) -> None:
 def frozen_random_layers(cfg) -> str:
     """
     A sentence naming the backbone layers that ``cfg`` freezes (``MODEL.BACKBONE.FREEZE_AT``,
-    ``MODEL.RESNETS.NORM`` "FrozenBN" or "FrozenStatsBN"), or "" when it freezes none. Frozen layers only make
-    sense with pretrained ``MODEL.WEIGHTS``: from random weights they stay random.
+    ``MODEL.RESNETS.NORM`` "FrozenBN" or "FrozenStatsBN"), or "" when it freezes none. Frozen
+    layers only make sense with pretrained ``MODEL.WEIGHTS``: from random weights they stay
+    random.
     """
     frozen = []
     freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
