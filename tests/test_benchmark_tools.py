@@ -46,3 +46,20 @@ def test_batched_selection_dispatches_fewer_ops(matcher_report):
     assert four["one_at_a_time_ops"] == pytest.approx(4 * one["one_at_a_time_ops"], rel=0.1)
     assert four["batched_ops"] < 0.5 * four["one_at_a_time_ops"]
     assert four["batched_ops_cuda_path"] < 0.5 * four["one_at_a_time_ops_cuda_path"]
+
+
+def test_data_benchmark_runs_both_mappers(tmp_path):
+    tool = _load("benchmark_data")
+    out = tmp_path / "data.json"
+    argv = ["--num-images", "4", "--size", "64x48", "--workers", "0", "--repeats", "1"]
+    argv += ["--json", str(out), "INPUT.MIN_SIZE_TRAIN", "(48,)", "INPUT.MAX_SIZE_TRAIN", "96"]
+    result = tool.main(argv)
+    assert [(r["workers"], r["mapper"]) for r in result["rows"]] == [
+        (0, "atss_d2"),
+        (0, "detectron2"),
+    ]
+    for row in result["rows"]:
+        assert row["images"] == 4 and len(row["rates"]) == 1
+        assert row["median_images_per_s"] > 0
+    assert result["ratio_atss_d2_over_detectron2"]["0"] > 0
+    assert json.loads(out.read_text())["machine"]["cpu_count"] >= 1
