@@ -169,6 +169,7 @@ class ATSS(DenseDetector):
                 cfg.MODEL.ATSS.TOPK,
                 force_one_positive=cfg.MODEL.ATSS.FORCE_ONE_POSITIVE,
                 gt_chunk_size=cfg.MODEL.ATSS.MATCHER_GT_CHUNK,
+                plus_one=legacy,
             ),
             "num_classes": cfg.MODEL.ATSS.NUM_CLASSES,
             "focal_loss_alpha": cfg.MODEL.ATSS.FOCAL_LOSS_ALPHA,
@@ -436,7 +437,7 @@ class ATSS(DenseDetector):
             scores_all.append(score)
             classes_all.append(class_idx)
         boxes, scores, classes = cat(boxes_all), cat(scores_all), cat(classes_all)
-        keep = batched_nms(boxes, scores, classes, self.test_nms_thresh)
+        keep = class_aware_nms(boxes, scores, classes, self.test_nms_thresh, self.legacy_plus_one)
         keep = keep[: self.max_detections_per_image]
         result = Instances(image_size)
         result.pred_boxes = Boxes(boxes[keep])
@@ -458,6 +459,20 @@ class ATSS(DenseDetector):
         x = boxes[:, 0::2].clamp(min=0, max=w - one)
         y = boxes[:, 1::2].clamp(min=0, max=h - one)
         return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+
+
+def class_aware_nms(
+    boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float, plus_one: bool = False
+) -> Tensor:
+    """
+    detectron2's ``batched_nms`` (indices kept, by decreasing score); with ``plus_one``, IoUs
+    with widths ``x2 - x1 + 1`` as maskrcnn-benchmark's NMS, which the authors' ATSS uses. That
+    IoU equals the plain IoU of the boxes with ``x2`` and ``y2`` moved out by one pixel (every
+    width, height and overlap grows by 1), so the boxes are shifted for the comparison only.
+    """
+    if plus_one:
+        boxes = boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
+    return batched_nms(boxes, scores, classes, iou_threshold)
 
 
 def _round_up(size: int, divisor: int) -> int:

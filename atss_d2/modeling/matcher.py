@@ -62,16 +62,19 @@ class MatchResult(NamedTuple):
     thresholds: Tensor
 
 
-def candidate_ious(anchors: Tensor, gt: Tensor) -> Tensor:
+def candidate_ious(anchors: Tensor, gt: Tensor, plus_one: bool = False) -> Tensor:
     """
     Element-wise IoU of boxes with broadcastable shapes (..., 4), XYXY; same arithmetic as
     mmdetection's ``bbox_overlaps`` (union clamped at 1e-6), so results are bit-identical.
+    ``plus_one``: widths and heights ``x2 - x1 + 1`` (maskrcnn-benchmark's ``boxlist_iou``,
+    which the authors' ATSS uses).
     """
-    area1 = (anchors[..., 2] - anchors[..., 0]) * (anchors[..., 3] - anchors[..., 1])
-    area2 = (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1])
+    one = 1.0 if plus_one else 0.0
+    area1 = (anchors[..., 2] - anchors[..., 0] + one) * (anchors[..., 3] - anchors[..., 1] + one)
+    area2 = (gt[..., 2] - gt[..., 0] + one) * (gt[..., 3] - gt[..., 1] + one)
     lt = torch.max(anchors[..., :2], gt[..., :2])
     rb = torch.min(anchors[..., 2:], gt[..., 2:])
-    wh = (rb - lt).clamp(min=0)
+    wh = (rb - lt + one).clamp(min=0)
     overlap = wh[..., 0] * wh[..., 1]
     union = (area1 + area2 - overlap).clamp(min=_IOU_EPS)
     return overlap / union
@@ -108,6 +111,7 @@ class ATSSMatcher:
         force_one_positive: bool = False,
         ignore_iof_thresh: float = 0.5,
         gt_chunk_size: int = 256,
+        plus_one: bool = False,
     ):
         """
         Args:
@@ -119,6 +123,9 @@ class ATSSMatcher:
                 intersection-over-anchor-area with an ignore box exceeds this are never
                 candidates and, unless positive, are labelled ``IGNORE`` (-2).
             gt_chunk_size: GTs processed at once; bounds memory, does not change the result.
+            plus_one: IoUs with widths ``x2 - x1 + 1`` (the authors' code,
+                ``MODEL.ATSS.LEGACY_PLUS_ONE``); centre distances and the centre-inside test
+                are the same either way.
         """
         if topk < 1:
             raise ValueError(f"ATSSMatcher: topk must be >= 1, got {topk}")
@@ -128,6 +135,7 @@ class ATSSMatcher:
         self.force_one_positive = bool(force_one_positive)
         self.ignore_iof_thresh = float(ignore_iof_thresh)
         self.gt_chunk_size = int(gt_chunk_size)
+        self.plus_one = bool(plus_one)
 
     def __call__(
         self,
@@ -269,7 +277,7 @@ class ATSSMatcher:
                 blocked = (~valid_here, image_of_gt.to(device, non_blocking=True))
 
             anchor_ctr = _centers(anchors)  # (A, 2)
-            anchor_area = _areas(anchors)  # (A,)
+            anchor_area = _areas(anchors, self.plus_one)  # (A,)
             grids = self._level_grids(anchor_ctr, level_sizes, min(num_gt, self.gt_chunk_size))
             # Best (priority-adjusted) IoU of each (image, anchor) over the GTs it is positive
             # for so far.
@@ -398,8 +406,10 @@ class ATSSMatcher:
         cand = torch.cat(candidates, dim=0)  # (C, Gc)
         # candidate_ious(anchors[cand], chunk), with the anchor areas computed once per image.
         boxes = anchors[cand]  # (C, Gc, 4)
-        gt_area = _areas(chunk)  # (Gc,)
+        gt_area = _areas(chunk, self.plus_one)  # (Gc,)
         wh = torch.min(boxes[..., 2:], chunk[:, 2:]) - torch.max(boxes[..., :2], chunk[:, :2])
+        if self.plus_one:
+            wh = wh + 1.0
         wh = wh.clamp(min=0)
         overlap = wh[..., 0] * wh[..., 1]
         cand_iou = overlap / (anchor_area[cand] + gt_area - overlap).clamp(min=_IOU_EPS)
@@ -565,10 +575,12 @@ class ATSSMatcher:
         return result
 
 
-def _areas(boxes: Tensor) -> Tensor:
-    """(N, 4) XYXY -> (N,) (x2 - x1) * (y2 - y1): one product, so the same value as
-    :func:`candidate_ious` computes."""
+def _areas(boxes: Tensor, plus_one: bool = False) -> Tensor:
+    """(N, 4) XYXY -> (N,) (x2 - x1) * (y2 - y1) (``+ 1`` on each side with ``plus_one``): one
+    product, so the same value as :func:`candidate_ious` computes."""
     wh = boxes[:, 2:] - boxes[:, :2]
+    if plus_one:
+        wh = wh + 1.0
     return wh[:, 0] * wh[:, 1]
 
 
