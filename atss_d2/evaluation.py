@@ -54,7 +54,8 @@ class ATSSCOCOEvaluator(COCOEvaluator):
     """
     ``COCOEvaluator`` for box detection that reports 0 AP (not NaN) when the model returns no
     detection on the whole dataset. Keyword arguments as ``COCOEvaluator``; ``tasks`` defaults to
-    ``("bbox",)`` and ``use_fast_impl`` to whether detectron2's compiled ops are available.
+    ``("bbox",)`` and ``use_fast_impl`` to whether detectron2's compiled ops are available;
+    ``plus_one`` writes the authors' "+1" widths (see :meth:`process`).
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class ATSSCOCOEvaluator(COCOEvaluator):
         output_dir: Optional[str] = None,
         *,
         use_fast_impl: Optional[bool] = None,
+        plus_one: bool = False,
         **kwargs,
     ):
         if use_fast_impl is None:
@@ -78,6 +80,19 @@ class ATSSCOCOEvaluator(COCOEvaluator):
             **kwargs,
         )
         self._img_ids = None
+        self._plus_one = bool(plus_one)
+
+    def process(self, inputs, outputs):
+        """detectron2's, and with ``plus_one`` (the authors' ``MODEL.ATSS.LEGACY_PLUS_ONE``)
+        the boxes are written as ``[x1, y1, x2 - x1 + 1, y2 - y1 + 1]``, as their COCO
+        evaluation does, the inverse of loading ``x2 = x + w - 1``."""
+        first = len(self._predictions)
+        super().process(inputs, outputs)
+        if self._plus_one:
+            for prediction in self._predictions[first:]:
+                for instance in prediction.get("instances", []):
+                    instance["bbox"][2] += 1.0
+                    instance["bbox"][3] += 1.0
 
     def evaluate(self, img_ids=None):
         self._img_ids = img_ids

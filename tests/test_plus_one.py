@@ -50,9 +50,51 @@ def test_selection_threshold_from_plus_one_ious():
         assert result.matches.tolist() == [-1, -1, -1]
 
 
-def test_the_legacy_switch_reaches_matcher_and_nms():
+def test_the_legacy_switch_reaches_matcher_and_mapper():
     from detectron2.modeling import build_model
 
-    model = build_model(small_cfg("MODEL.ATSS.LEGACY_PLUS_ONE", "True"))
+    from atss_d2.data.mapper import ATSSDatasetMapper
+
+    cfg = small_cfg("MODEL.ATSS.LEGACY_PLUS_ONE", "True")
+    model = build_model(cfg)
     assert model.matcher.plus_one and model.legacy_plus_one
+    assert ATSSDatasetMapper(cfg, is_train=True).plus_one
     assert not build_model(small_cfg()).matcher.plus_one
+    assert not ATSSDatasetMapper(small_cfg(), is_train=True).plus_one
+
+
+def test_ground_truth_loaded_with_plus_one():
+    from atss_d2.data.mapper import ATSSDatasetMapper
+
+    xywh = torch.tensor([[10.0, 20, 30, 40], [50, 50, 1, 10]]).numpy()
+    modes = torch.tensor([1, 1]).numpy()  # BoxMode.XYWH_ABS
+    # x2 = x + w - 1, y2 = y + h - 1 (the authors'); x + w, y + h (detectron2, mmdetection).
+    assert ATSSDatasetMapper._to_xyxy(xywh, modes, plus_one=True).tolist()[0] == [10, 20, 39, 59]
+    assert ATSSDatasetMapper._to_xyxy(xywh, modes).tolist()[0] == [10, 20, 40, 60]
+    # A box one pixel wide ends where it starts: no width.
+    assert ATSSDatasetMapper._to_xyxy(xywh, modes, plus_one=True).tolist()[1] == [50, 50, 50, 59]
+
+
+def test_detections_written_with_plus_one(tmp_path):
+    from detectron2.structures import Instances
+    from tiny_setup import image_dicts, write_coco_json
+
+    from atss_d2.data import register_coco_dataset
+    from atss_d2.evaluation import ATSSCOCOEvaluator
+
+    dicts = image_dicts(tmp_path / "images", num_images=1)
+    register_coco_dataset("plus_one_eval", write_coco_json(tmp_path / "a.json", dicts),
+                          str(tmp_path / "images"))  # fmt: skip
+    instances = Instances((64, 80))
+    instances.pred_boxes = Boxes(torch.tensor([[10.0, 20.0, 39.0, 59.0]]))
+    instances.scores = torch.tensor([0.9])
+    instances.pred_classes = torch.tensor([0])
+    written = {}
+    for flag in (True, False):
+        evaluator = ATSSCOCOEvaluator("plus_one_eval", output_dir=str(tmp_path), plus_one=flag)
+        evaluator.reset()
+        evaluator.process([{"image_id": 0}], [{"instances": instances}])
+        written[flag] = evaluator._predictions[0]["instances"][0]["bbox"]
+    # w = x2 - x1 + 1 (the authors' results) or x2 - x1.
+    assert written[True] == pytest.approx([10, 20, 30, 40])
+    assert written[False] == pytest.approx([10, 20, 29, 39])

@@ -156,6 +156,7 @@ class ATSSDatasetMapper(DatasetMapper):
         num_classes: Optional[int] = None,
         skip_unreadable: bool = False,
         min_box_size: float = 0.0,
+        plus_one: bool = False,
         **kwargs,
     ):
         """
@@ -168,6 +169,9 @@ class ATSSDatasetMapper(DatasetMapper):
             min_box_size: drop (counting them) boxes whose width or height, as annotated in the
                 original image, is below this many pixels, and annotations whose "area" is
                 <= 0; 0 keeps them (``INPUT.MIN_BOX_SIZE``).
+            plus_one: the authors' "+1" convention (``MODEL.ATSS.LEGACY_PLUS_ONE``): an
+                ``[x, y, w, h]`` box ends at ``x + w - 1``, ``y + h - 1`` (maskrcnn-benchmark's
+                ``BoxList.convert``), so a box one pixel wide has no width and is dropped.
         """
         super().__init__(is_train, augmentations=augmentations, image_format=image_format, **kwargs)
         if self.use_instance_mask or self.use_keypoint or self.proposal_topk is not None:
@@ -183,6 +187,7 @@ class ATSSDatasetMapper(DatasetMapper):
             )
         self.num_classes = num_classes
         self.min_box_size = float(min_box_size)
+        self.plus_one = bool(plus_one)
         self.skip_unreadable = bool(skip_unreadable) and is_train
         self.bad_boxes = WarningTally("ATSSDatasetMapper: dropped boxes")
         self.skipped_images = WarningTally("ATSSDatasetMapper: skipped images")
@@ -193,6 +198,7 @@ class ATSSDatasetMapper(DatasetMapper):
         ret["num_classes"] = cfg.MODEL.ATSS.NUM_CLASSES
         ret["skip_unreadable"] = cfg.DATALOADER.SKIP_UNREADABLE_IMAGES
         ret["min_box_size"] = cfg.INPUT.MIN_BOX_SIZE
+        ret["plus_one"] = cfg.MODEL.ATSS.LEGACY_PLUS_ONE
         return ret
 
     def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
@@ -261,7 +267,7 @@ class ATSSDatasetMapper(DatasetMapper):
         """
         boxes, modes, classes, areas, where = self._parse(annotations, file_name)
         sizes = self._widths_heights(boxes, modes)  # (N, 2) as annotated
-        boxes = self._to_xyxy(boxes, modes)  # (N, 4)
+        boxes = self._to_xyxy(boxes, modes, self.plus_one)  # (N, 4)
         boxes, classes = self._drop_bad_boxes(
             boxes, classes, where, orig_size, file_name, sizes, areas
         )
@@ -349,11 +355,12 @@ class ATSSDatasetMapper(DatasetMapper):
         return np.where(xywh, boxes[:, 2:], boxes[:, 2:] - boxes[:, :2])
 
     @staticmethod
-    def _to_xyxy(boxes: np.ndarray, modes: np.ndarray) -> np.ndarray:
-        """(N, 4) boxes in XYXY_ABS or XYWH_ABS (per row) -> (N, 4) XYXY_ABS."""
+    def _to_xyxy(boxes: np.ndarray, modes: np.ndarray, plus_one: bool = False) -> np.ndarray:
+        """(N, 4) boxes in XYXY_ABS or XYWH_ABS (per row) -> (N, 4) XYXY_ABS; with
+        ``plus_one``, XYWH boxes end at ``x + w - 1`` (the authors' convention)."""
         out = boxes.copy()
         xywh = modes == int(BoxMode.XYWH_ABS)
-        out[xywh, 2:] = boxes[xywh, :2] + boxes[xywh, 2:]
+        out[xywh, 2:] = boxes[xywh, :2] + boxes[xywh, 2:] - (1.0 if plus_one else 0.0)
         return out
 
     def _drop_bad_boxes(self, boxes, classes, where, orig_size, file_name, sizes, areas):

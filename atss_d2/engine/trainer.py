@@ -200,7 +200,9 @@ class ATSSTrainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
         if evaluator_type == "coco":
-            return ATSSCOCOEvaluator(dataset_name, output_dir=output_folder)
+            return ATSSCOCOEvaluator(
+                dataset_name, output_dir=output_folder, plus_one=cfg.MODEL.ATSS.LEGACY_PLUS_ONE
+            )
         if evaluator_type == "pascal_voc":
             return ATSSPascalVOCEvaluator(dataset_name)
         if evaluator_type == "lvis":
