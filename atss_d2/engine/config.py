@@ -226,6 +226,23 @@ def check_dataset_classes(
     return unchecked
 
 
+def check_device(device: str, key: str, fix: str) -> None:
+    """:class:`ConfigError` if ``device`` (set by ``key``) is CUDA on a machine without it;
+    ``fix`` says what to set instead."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key} is {device!r}, but this machine has no CUDA device; {fix}")
+
+
+def check_batch_divisible(batch: int, key: str) -> None:
+    """:class:`ConfigError` if the total batch ``batch`` (set by ``key``) does not divide among
+    the processes of this run."""
+    if batch % comm.get_world_size():
+        raise ConfigError(
+            f"{key} {batch} is not divisible by the {comm.get_world_size()} processes "
+            "(--num-gpus x --num-machines)"
+        )
+
+
 def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
     """
     Check, before anything is built, what would otherwise fail late or silently: the datasets
@@ -237,18 +254,9 @@ def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
         ConfigError: naming the key and the problem.
     """
     check_atss_config(cfg)
-    device = torch.device(cfg.MODEL.DEVICE)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}, but this machine has no CUDA device; set "
-            "MODEL.DEVICE cpu"
-        )
-    if train and cfg.SOLVER.IMS_PER_BATCH % comm.get_world_size():
-        raise ConfigError(
-            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the "
-            f"{comm.get_world_size()} processes (--num-gpus x --num-machines)"
-        )
+    check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE", "set MODEL.DEVICE cpu")
     if train:
+        check_batch_divisible(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
         if not cfg.DATASETS.TRAIN:
             raise ConfigError("DATASETS.TRAIN is empty; name at least one training dataset")
         _check_datasets_registered(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")

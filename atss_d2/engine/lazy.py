@@ -42,7 +42,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .checkpoint import SafeAtomicCheckpointer
-from .config import ConfigError, _check_datasets_registered, check_dataset_classes
+from .config import (
+    ConfigError,
+    _check_datasets_registered,
+    check_batch_divisible,
+    check_dataset_classes,
+    check_device,
+)
 from .predictor import warn_if_head_untrained
 from .stop import StopOnSignal
 
@@ -168,20 +174,12 @@ def check_lazy_config(cfg: DictConfig, *, train: bool = True) -> None:
     Raises:
         ConfigError: naming the key and the problem.
     """
-    device = torch.device(cfg.train.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device is {cfg.train.device!r}, but this machine has no CUDA device; add "
-            "train.device=cpu"
-        )
+    check_device(cfg.train.device, "train.device", "add train.device=cpu")
     names = []
     if train:
         batch = OmegaConf.select(cfg, "dataloader.train.total_batch_size", default=None)
-        if isinstance(batch, int) and batch % comm.get_world_size():
-            raise ConfigError(
-                f"dataloader.train.total_batch_size {batch} is not divisible by the "
-                f"{comm.get_world_size()} processes (--num-gpus x --num-machines)"
-            )
+        if isinstance(batch, int):
+            check_batch_divisible(batch, "dataloader.train.total_batch_size")
         for key in ("max_iter", "checkpointer.period"):
             value = OmegaConf.select(cfg.train, key, default=1)
             if value <= 0:
