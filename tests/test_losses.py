@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 from detectron2.structures import Boxes
+from tiny_setup import bce, focal, sigmoid
 from torch import nn
 
 from atss_d2.modeling import ATSS, ATSSBoxCoder, ATSSMatcher, ATSSPointCoder
@@ -33,23 +34,6 @@ def make_atss(**kwargs) -> ATSS:
     )
     args.update(kwargs)
     return ATSS(**args)
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-def focal(x: float, t: int, alpha=0.25, gamma=2.0) -> float:
-    """Sigmoid focal loss of one logit, Lin et al. 2017: -a_t (1 - p_t)^g log(p_t)."""
-    p = sigmoid(x)
-    p_t = p if t else 1 - p
-    a_t = alpha if t else 1 - alpha
-    return -a_t * (1 - p_t) ** gamma * math.log(p_t)
-
-
-def bce(x: float, t: float) -> float:
-    p = sigmoid(x)
-    return -(t * math.log(p) + (1 - t) * math.log(1 - p))
 
 
 def focal_sum(logits, labels) -> float:

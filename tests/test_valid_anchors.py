@@ -16,6 +16,7 @@ import torch
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
+from tiny_setup import bce, focal
 from torch import nn
 
 from atss_d2.modeling import ATSS, ATSSBoxCoder, ATSSMatcher
@@ -135,22 +136,6 @@ def make_atss(**kwargs) -> ATSS:
     )
     args.update(kwargs)
     return ATSS(**args)
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-def focal(x: float, t: int, alpha=0.25, gamma=2.0) -> float:
-    p = sigmoid(x)
-    p_t = p if t else 1 - p
-    a_t = alpha if t else 1 - alpha
-    return -a_t * (1 - p_t) ** gamma * math.log(p_t)
-
-
-def bce(x: float, t: float) -> float:
-    p = sigmoid(x)
-    return -(t * math.log(p) + (1 - t) * math.log(1 - p))
 
 
 @pytest.mark.parametrize("valid_per_image", [True, False])

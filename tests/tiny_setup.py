@@ -6,6 +6,7 @@ Shared pieces of the robustness tests: a tiny ATSS config (R-18, 64-channel FPN,
 import contextlib
 import datetime
 import json
+import math
 import os
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -248,3 +249,22 @@ def tiny_shapes(empty_fraction: float, seed: int) -> ShapesSpec:
         max_size=40,
         seed=seed,
     )
+
+
+# Reference formulas for losses computed by hand, one logit at a time.
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def focal(x: float, t: int, alpha=0.25, gamma=2.0) -> float:
+    """Sigmoid focal loss of one logit, Lin et al. 2017: -a_t (1 - p_t)^g log(p_t)."""
+    p = sigmoid(x)
+    p_t = p if t else 1 - p
+    a_t = alpha if t else 1 - alpha
+    return -a_t * (1 - p_t) ** gamma * math.log(p_t)
+
+
+def bce(x: float, t: float) -> float:
+    """Binary cross-entropy of one logit x against the target t."""
+    p = sigmoid(x)
+    return -(t * math.log(p) + (1 - t) * math.log(1 - p))
