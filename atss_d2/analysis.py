@@ -32,6 +32,8 @@ import numpy as np
 from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from .utils import read_json
+
 __all__ = [
     "CONFUSION_MATRIX_PNG",
     "PER_CLASS_JSON",
@@ -89,13 +91,7 @@ def load_coco_results(json_file: str, metadata: Metadata) -> List[Dict]:
         ValueError: not a JSON list of such detections, or a category id the dataset does not
             have (the message names it: results of another dataset?).
     """
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"results file not found: {json_file}")
-    try:
-        with open(json_file) as f:
-            results = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{json_file}: malformed JSON at line {e.lineno}: {e.msg}") from e
+    results = read_json(json_file, "results file")
     if not isinstance(results, list):
         raise ValueError(
             f"{json_file}: expected a list of detections (COCO results format), got a "

@@ -1,8 +1,32 @@
 """Small helpers shared by the tools."""
 
 import functools
+import json
+import os
+from typing import Any
 
-__all__ = ["has_compiled_ops"]
+__all__ = ["has_compiled_ops", "read_json"]
+
+
+def read_json(path: str, what: str) -> Any:
+    """
+    The parsed JSON file ``path``, ``what`` naming it in errors ("COCO json file").
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not UTF-8, or malformed (with line and column).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+        ) from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file ({e})") from e
 
 
 @functools.lru_cache(maxsize=None)

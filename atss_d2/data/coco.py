@@ -1,12 +1,13 @@
 """Register any COCO-format detection dataset with detectron2, after checking its json."""
 
-import json
 import logging
 import os
 from typing import Any, Dict
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
+
+from ..utils import read_json
 
 __all__ = ["register_coco_dataset", "validate_coco_json"]
 
@@ -48,17 +49,7 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
         ValueError: the file is not valid JSON (with line and column) or breaks a rule above
             (naming the file and the offending key, entry or id).
     """
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"COCO json file not found: {json_file}")
-    try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{json_file}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}"
-        ) from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{json_file}: not a UTF-8 text file ({e})") from e
+    data = read_json(json_file, "COCO json file")
     if not isinstance(data, dict):
         raise ValueError(
             f"{json_file}: the top level must be a JSON object, got {type(data).__name__}"
