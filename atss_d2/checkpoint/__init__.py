@@ -18,12 +18,12 @@ from .convert import (
     verify_against,
 )
 from .detection_checkpoint import (
-    CheckpointReadError,
     LoadReport,
     SafeDetectionCheckpointer,
     WeightsNotFoundError,
 )
 from .safe_load import (
+    CheckpointReadError,
     UnsafeCheckpointError,
     load_checkpoint_file,
     safe_pickle_load,

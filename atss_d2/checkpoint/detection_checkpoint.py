@@ -7,10 +7,9 @@ from typing import Dict, List, Tuple
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .safe_load import UnsafeCheckpointError, safe_pickle_load, safe_torch_load
+from .safe_load import CheckpointReadError, load_checkpoint_file
 
 __all__ = [
-    "CheckpointReadError",
     "LoadReport",
     "SafeDetectionCheckpointer",
     "WeightsNotFoundError",
@@ -30,10 +29,6 @@ _CONFIG_BUFFERS = ("pixel_mean", "pixel_std")
 
 class WeightsNotFoundError(FileNotFoundError):
     """A weights file (``MODEL.WEIGHTS``, ``--resume``) that does not exist or cannot be fetched."""
-
-
-class CheckpointReadError(ValueError):
-    """A weights file that exists but is not a readable checkpoint (truncated, another format)."""
 
 
 @dataclass
@@ -126,22 +121,12 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         return local
 
     def _load_file(self, filename: str):
-        try:
-            return self._read(filename)
-        except UnsafeCheckpointError:
-            raise
-        except Exception as e:  # corrupt or foreign files fail in many ways inside unpicklers
+        data = load_checkpoint_file(filename)  # data only; unreadable files are named
+        if not isinstance(data, dict):
             raise CheckpointReadError(
-                f"Cannot read weights file {filename!r} as a checkpoint: "
-                f"{type(e).__name__}: {e}. Is it truncated (an interrupted download) or "
-                "another format?"
-            ) from e
-
-    def _read(self, filename: str):
+                f"{filename!r} holds a {type(data).__name__}, not a checkpoint's dict"
+            )
         if filename.endswith(".pkl"):
-            data = safe_pickle_load(filename)
-            if not isinstance(data, dict):
-                raise ValueError(f"a .pkl checkpoint holds a dict, not {type(data).__name__}")
             if "model" in data and "__author__" in data:
                 # detectron2 model-zoo format (also what tools/convert_checkpoint.py writes).
                 logger.info("Reading a file from '%s'", data["__author__"])
@@ -151,21 +136,19 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
             return {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
         if filename.endswith(".pyth"):
-            data = safe_torch_load(filename)
             if "model_state" not in data:
-                raise ValueError(f"Cannot load .pyth file {filename}: no 'model_state' (pycls)")
+                raise CheckpointReadError(
+                    f"Cannot load .pyth file {filename!r}: no 'model_state' (pycls)"
+                )
             state = {
                 k: v
                 for k, v in data["model_state"].items()
                 if not k.endswith("num_batches_tracked")
             }
             return {"model": state, "__author__": "pycls", "matching_heuristics": True}
-        loaded = safe_torch_load(filename)
-        if not isinstance(loaded, dict):
-            raise ValueError(f"a checkpoint holds a dict, not {type(loaded).__name__}")
-        if "model" not in loaded:
-            loaded = {"model": loaded}
-        return loaded
+        if "model" not in data:
+            data = {"model": data}
+        return data
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)

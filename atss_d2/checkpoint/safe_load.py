@@ -23,7 +23,17 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import torch
 
-__all__ = ["UnsafeCheckpointError", "load_checkpoint_file", "safe_pickle_load", "safe_torch_load"]
+__all__ = [
+    "CheckpointReadError",
+    "UnsafeCheckpointError",
+    "load_checkpoint_file",
+    "safe_pickle_load",
+    "safe_torch_load",
+]
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint file that exists but is not readable (truncated, another format)."""
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -140,7 +150,8 @@ def load_checkpoint_file(path: str) -> Any:
     Raises:
         FileNotFoundError: no such file.
         UnsafeCheckpointError: the file needs code execution to load; nothing was executed.
-        ValueError: the file is not a readable checkpoint (truncated, another format).
+        CheckpointReadError: the file is not a readable checkpoint (truncated, another
+            format); a ``ValueError``.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file {path!r} does not exist")
@@ -151,4 +162,7 @@ def load_checkpoint_file(path: str) -> Any:
     except UnsafeCheckpointError:
         raise
     except Exception as e:  # corrupt or foreign files fail in many ways inside the unpicklers
-        raise ValueError(f"Cannot read {path!r} as a checkpoint: {type(e).__name__}: {e}") from e
+        raise CheckpointReadError(
+            f"Cannot read checkpoint file {path!r}: {type(e).__name__}: {e}. Is it truncated "
+            "(an interrupted download) or another format?"
+        ) from e
