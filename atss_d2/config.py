@@ -79,13 +79,28 @@ def add_atss_config(cfg):
     # the coarsest stride, 128).
     _C.MODEL.ATSS.SIZE_DIVISIBILITY = 32
     # Test-time augmentation (on with detectron2's TEST.AUG.ENABLED; views from TEST.AUG.MIN_SIZES,
-    # MAX_SIZE and FLIP): how the detections of all views are merged. "nms": class-aware NMS at
-    # NMS_THRESH_TEST; "vote": the same NMS, then each kept box is replaced by the score-weighted
-    # mean of the same-class boxes overlapping it by IoU >= TTA_VOTE_THRESH (box voting, as in
-    # the authors' multi-scale testing).
+    # MAX_SIZE and FLIP): how the detections of all views are merged, in the frame of the first
+    # view. "nms": class-aware NMS at NMS_THRESH_TEST. "vote" (the authors' multi-scale test,
+    # sfzhang15/ATSS atss_core/engine/bbox_aug_vote.py): per class, the best remaining box and
+    # the remaining boxes with IoU >= TTA_VOTE_THRESH with it become their score-weighted mean
+    # box, with the best score, in place of NMS. "soft_vote": "vote", plus each member of a
+    # cluster kept with its score times (1 - IoU) when that is >= TTA_SOFT_VOTE_SCORE_THRESH
+    # (the authors' MERGE_TYPE "soft-vote"). IoUs with +1 widths when LEGACY_PLUS_ONE.
     _C.MODEL.ATSS.TTA_MERGE = "nms"
-    # IoU at which a box takes part in another's vote when TTA_MERGE is "vote".
+    # IoU with a cluster's best box at which a box joins the cluster ("vote", "soft_vote").
     _C.MODEL.ATSS.TTA_VOTE_THRESH = 0.66
+    # "soft_vote": lowest decayed score kept (the authors' MODEL.RETINANET.INFERENCE_TH).
+    _C.MODEL.ATSS.TTA_SOFT_VOTE_SCORE_THRESH = 0.05
+    # Longest image side of each TEST.AUG.MIN_SIZES entry, one per entry; empty: TEST.AUG.MAX_SIZE
+    # for all (the authors: INPUT.MAX_SIZE_TEST below 800 px, TEST.BBOX_AUG.MAX_SIZE from 800).
+    _C.MODEL.ATSS.TTA_MAX_SIZES = []
+    # Object sizes [low, high] each TEST.AUG.MIN_SIZES entry keeps, one per entry: a view keeps
+    # the boxes with low^2 < w * h < high^2 in its own pixels (+1 widths when LEGACY_PLUS_ONE),
+    # the authors' TEST.BBOX_AUG.SCALE_RANGES. Empty: every view keeps every box.
+    _C.MODEL.ATSS.TTA_SCALE_RANGES = []
+    # Detections kept after the merge, over all classes; 0: TEST.DETECTIONS_PER_IMAGE (which each
+    # view keeps). The authors keep 1000 after voting (their MODEL.ATSS.PRE_NMS_TOP_N).
+    _C.MODEL.ATSS.TTA_DETECTIONS_PER_IMAGE = 0
 
     # Extra FPN levels of the "build_atss_resnet_fpn_backbone" backbone.
     _C.MODEL.ATSS.FPN = CN()

@@ -67,6 +67,34 @@ def _per_level(key: str, value: Any, num_levels: int) -> None:
                 _fail(key, value, "expected positive numbers")
 
 
+def _one_per_min_size(key: str, value: Any, num_sizes: int) -> None:
+    if not isinstance(value, (list, tuple)) or len(value) not in (0, num_sizes):
+        _fail(
+            key,
+            value,
+            f"expected one entry per TEST.AUG.MIN_SIZES entry ({num_sizes}), or [] for none",
+        )
+
+
+def _check_tta_scales(cfg: CfgNode) -> None:
+    """The per-scale lists of the test-time augmentation, against ``TEST.AUG.MIN_SIZES``."""
+    a, num_sizes = cfg.MODEL.ATSS, len(cfg.TEST.AUG.MIN_SIZES)
+    _one_per_min_size("MODEL.ATSS.TTA_MAX_SIZES", a.TTA_MAX_SIZES, num_sizes)
+    for size in a.TTA_MAX_SIZES:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            _fail("MODEL.ATSS.TTA_MAX_SIZES", a.TTA_MAX_SIZES, "expected integers >= 1 (pixels)")
+    key, ranges = "MODEL.ATSS.TTA_SCALE_RANGES", a.TTA_SCALE_RANGES
+    _one_per_min_size(key, ranges, num_sizes)
+    for entry in ranges:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            _fail(
+                key, ranges, "expected one [low, high] pair per scale, e.g. [[0, 256], [64, 10000]]"
+            )
+        low, high = (_number(key, v) for v in entry)
+        if not 0 <= low < high:
+            _fail(key, ranges, f"expected 0 <= low < high in each [low, high], got {list(entry)}")
+
+
 def check_atss_config(cfg: CfgNode) -> None:
     """
     Check every ``MODEL.ATSS`` value (ranges, allowed names, list lengths), and the anchor
@@ -112,8 +140,11 @@ def check_atss_config(cfg: CfgNode) -> None:
     _within("MODEL.ATSS.NMS_THRESH_TEST", a.NMS_THRESH_TEST, 0.0, 1.0)
     _one_of("MODEL.ATSS.SCORE_MODE", a.SCORE_MODE, ("sqrt", "product"))
     _at_least("MODEL.ATSS.SIZE_DIVISIBILITY", a.SIZE_DIVISIBILITY, 0)
-    _one_of("MODEL.ATSS.TTA_MERGE", a.TTA_MERGE, ("nms", "vote"))
+    _one_of("MODEL.ATSS.TTA_MERGE", a.TTA_MERGE, ("nms", "vote", "soft_vote"))
     _within("MODEL.ATSS.TTA_VOTE_THRESH", a.TTA_VOTE_THRESH, 0.0, 1.0)
+    _within("MODEL.ATSS.TTA_SOFT_VOTE_SCORE_THRESH", a.TTA_SOFT_VOTE_SCORE_THRESH, 0.0, 1.0)
+    _at_least("MODEL.ATSS.TTA_DETECTIONS_PER_IMAGE", a.TTA_DETECTIONS_PER_IMAGE, 0)
+    _check_tta_scales(cfg)
     if not isinstance(a.FPN.TOP_BLOCK_IN_FEATURE, str) or not a.FPN.TOP_BLOCK_IN_FEATURE:
         _fail("MODEL.ATSS.FPN.TOP_BLOCK_IN_FEATURE", a.FPN.TOP_BLOCK_IN_FEATURE, "expected a name")
     _at_least("TEST.DETECTIONS_PER_IMAGE", cfg.TEST.DETECTIONS_PER_IMAGE, 1)

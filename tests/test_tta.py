@@ -129,7 +129,7 @@ def test_merge_detections_nms_and_vote_by_hand():
         [
             [0.0, 0.0, 10.0, 10.0],  # kept (class 0)
             [0.0, 0.0, 10.0, 11.0],  # IoU 100/110 with the first: suppressed, votes
-            [0.0, 0.0, 10.0, 16.0],  # IoU 0.625: suppressed (> 0.6), does not vote (< 0.66)
+            [0.0, 0.0, 10.0, 16.0],  # IoU 0.625: suppressed by NMS (> 0.6), own cluster (< 0.66)
             [0.0, 0.0, 10.0, 12.0],  # class 1: kept, never votes for class 0
         ]
     )
@@ -139,9 +139,11 @@ def test_merge_detections_nms_and_vote_by_hand():
     assert b.tolist() == [[0, 0, 10, 10], [0, 0, 10, 12]]
     assert s.tolist() == pytest.approx([0.9, 0.4]) and c.tolist() == [0, 1]
     b, s, c = merge_detections(boxes, scores, classes, method="vote")
-    # y2 = (0.9 * 10 + 0.6 * 11) / 1.5 = 10.4
-    assert torch.allclose(b, torch.tensor([[0, 0, 10, 10.4], [0, 0, 10, 12]]))
-    assert s.tolist() == pytest.approx([0.9, 0.4]) and c.tolist() == [0, 1]
+    # Voting in place of NMS: the cluster {first, second} gives y2 = (0.9 * 10 + 0.6 * 11) / 1.5
+    # = 10.4 with score 0.9; the third box stays alone (0.625 < 0.66), as does class 1.
+    expected = torch.tensor([[0, 0, 10, 10.4], [0, 0, 10, 16], [0, 0, 10, 12]])
+    assert torch.allclose(b, expected)
+    assert s.tolist() == pytest.approx([0.9, 0.5, 0.4]) and c.tolist() == [0, 0, 1]
     b, s, c = merge_detections(boxes, scores, classes, method="vote", max_detections=1)
     assert torch.allclose(b, torch.tensor([[0, 0, 10, 10.4]]))
     empty = merge_detections(boxes[:0], scores[:0], classes[:0], method="vote")

@@ -229,7 +229,13 @@ class ATSSTrainer(DefaultTrainer):
         model = ATSSWithTTA(cfg, model)
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
         evaluators = [cls.build_evaluator(cfg, name, output_folder) for name in cfg.DATASETS.TEST]
-        res = cls._by_dataset(cfg, cls.test(cfg, model, evaluators))
+        # The views are resized from the original images, as in the authors' multi-scale test,
+        # not from the INPUT.MIN_SIZE_TEST resize: a loader that does not resize (detectron2's
+        # MIN_SIZE_TEST 0).
+        loader_cfg = cfg.clone()
+        loader_cfg.defrost()
+        loader_cfg.INPUT.MIN_SIZE_TEST = 0
+        res = cls._by_dataset(cfg, cls.test(loader_cfg, model, evaluators))
         res = OrderedDict((k + "_TTA", v) for k, v in res.items())
         for name, metrics in res.items():
             for task, values in metrics.items():

@@ -7,11 +7,12 @@ from .deform import DeformBottleneckBlock, DeformConv, DeformConvWithOffset
 from .head import ATSSHead, Scale
 from .matcher import ATSSMatcher, MatchResult
 from .resnet import build_atss_resnet_backbone
-from .tta import ATSSWithTTA, merge_detections
+from .tta import ATSSDatasetMapperTTA, ATSSWithTTA, box_vote, in_size_range, merge_detections
 
 __all__ = [
     "ATSS",
     "ATSSBoxCoder",
+    "ATSSDatasetMapperTTA",
     "ATSSHead",
     "ATSSLegacyAnchorGenerator",
     "ATSSMatcher",
@@ -24,7 +25,9 @@ __all__ = [
     "LastLevelP6P7FromP5",
     "MatchResult",
     "Scale",
+    "box_vote",
     "build_atss_resnet_backbone",
     "build_atss_resnet_fpn_backbone",
+    "in_size_range",
     "merge_detections",
 ]
