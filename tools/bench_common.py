@@ -1,18 +1,25 @@
 """
-Helpers shared by ``tools/benchmark.py`` and ``tools/benchmark_matcher.py``: timing and peak
-memory. Imports only the standard library and torch, so that the mmdetection worker of
-``benchmark_matcher.py`` can use it from another virtual environment.
+Helpers shared by the tools that time atss_d2 or compare it with mmdetection
+(``tools/benchmark.py``, ``tools/benchmark_matcher.py``, ``tools/check_mmdet_parity.py``):
+timing, peak memory, and running mmdetection with mmcv-lite or in another interpreter. Imports
+only the standard library and torch, so that the mmdetection workers of those tools can use it
+from another virtual environment.
 """
 
 import ctypes
 import gc
+import importlib.util
 import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+import types
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -22,9 +29,11 @@ __all__ = [
     "PeakMemory",
     "count_ops",
     "group_norm",
+    "mmcv_ext_placeholder",
     "machine_info",
     "median",
     "random_gt",
+    "run_mmdet_worker",
     "sync",
     "time_call",
 ]
@@ -208,3 +217,50 @@ def random_gt(num: int, height: int, width: int, seed: int, device: str) -> torc
     boxes[:, 2] = torch.maximum(boxes[:, 2], boxes[:, 0] + 1)
     boxes[:, 3] = torch.maximum(boxes[:, 3], boxes[:, 1] + 1)
     return boxes.to(device)
+
+
+def mmcv_ext_placeholder() -> Optional[types.ModuleType]:
+    """
+    With mmcv-lite (no compiled ops), a placeholder ``mmcv._ext`` whose ops raise on use, so
+    that ``mmdet.models`` (whose modules load the ops at import time) imports; the placeholder
+    is returned, and an op can be provided by setting it as an attribute. None when mmcv's
+    compiled ops are installed (they are used).
+    """
+    module = sys.modules.get("mmcv._ext")
+    if module is not None:
+        return module if getattr(module, "is_placeholder", False) else None
+    if importlib.util.find_spec("mmcv._ext") is not None:
+        return None
+    placeholder = types.ModuleType("mmcv._ext")
+    placeholder.is_placeholder = True
+
+    def _missing(name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def op(*args, **kwargs):
+            raise NotImplementedError(f"mmcv compiled op {name} (mmcv-lite placeholder)")
+
+        return op
+
+    placeholder.__getattr__ = _missing
+    sys.modules["mmcv._ext"] = placeholder
+    return placeholder
+
+
+def run_mmdet_worker(python: str, script: str, job) -> Tuple[Optional[object], str]:
+    """
+    ``python script --mmdet-worker IN OUT``: ``job`` (tensors and builtin containers) goes in
+    through a ``torch.save`` file, the worker's ``torch.save`` output comes back.
+
+    Returns:
+        (output, "") or, when the worker fails, (None, the end of its stderr).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
+        torch.save(job, src)
+        cmd = [python, os.path.abspath(script), "--mmdet-worker", src, dst]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return None, f"mmdet worker failed: {proc.stderr.strip()[-800:]}"
+        return torch.load(dst), ""

@@ -22,10 +22,7 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
-import tempfile
-import types
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -36,7 +33,9 @@ from bench_common import (  # noqa: E402
     count_ops,
     machine_info,
     median,
+    mmcv_ext_placeholder,
     random_gt,
+    run_mmdet_worker,
     sync,
     time_call,
 )
@@ -166,22 +165,8 @@ def import_mmdet_assigner():
     """mmdetection's ATSSAssigner class and version, or (None, reason)."""
     if importlib.util.find_spec("mmdet") is None:
         return None, "mmdet is not installed"
-    if importlib.util.find_spec("mmcv._ext") is None:
-        # mmcv-lite has no compiled ops; mmdet.models imports modules that load them at import
-        # time. The assigner uses none, so a placeholder that fails on use is enough.
-        placeholder = types.ModuleType("mmcv._ext")
-
-        def _missing(name):
-            if name.startswith("__"):
-                raise AttributeError(name)
-
-            def op(*args, **kwargs):
-                raise NotImplementedError(f"mmcv compiled op {name} (mmcv-lite placeholder)")
-
-            return op
-
-        placeholder.__getattr__ = _missing
-        sys.modules["mmcv._ext"] = placeholder
+    # mmcv-lite has no compiled ops; the assigner uses none.
+    mmcv_ext_placeholder()
     import mmdet
     from mmdet.models.task_modules.assigners import ATSSAssigner
 
@@ -231,15 +216,12 @@ def run_mmdet(job, mmdet_python: Optional[str]):
     """(version, results) from mmdetection in this process or in ``mmdet_python``, or
     (None, reason)."""
     if mmdet_python:
-        with tempfile.TemporaryDirectory() as tmp:
-            src, dst = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
-            torch.save({**job, "anchors": job["anchors"].cpu()}, src)
-            cmd = [mmdet_python, os.path.abspath(__file__), "--mmdet-worker", src, dst]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                return None, f"mmdet worker failed: {proc.stderr.strip()[-800:]}"
-            out = torch.load(dst)
-            return out["version"], out["results"]
+        out, error = run_mmdet_worker(
+            mmdet_python, __file__, {**job, "anchors": job["anchors"].cpu()}
+        )
+        if out is None:
+            return None, error
+        return out["version"], out["results"]
     assigner_cls, version = import_mmdet_assigner()
     if assigner_cls is None:
         return None, version
