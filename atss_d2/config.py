@@ -78,6 +78,9 @@ def add_atss_config(cfg):
     # Images are padded to a multiple of this (32 in both references; detectron2 would pad to
     # the coarsest stride, 128).
     _C.MODEL.ATSS.SIZE_DIVISIBILITY = 32
+    # Weights and activations in the channels-last memory format (NHWC): the same results,
+    # faster convolutions on CPUs with oneDNN, above all in bfloat16 (SOLVER.AMP.ENABLED).
+    _C.MODEL.ATSS.CHANNELS_LAST = False
     # Test-time augmentation (on with detectron2's TEST.AUG.ENABLED; views from TEST.AUG.MIN_SIZES,
     # MAX_SIZE and FLIP): how the detections of all views are merged, in the frame of the first
     # view. "nms": class-aware NMS at NMS_THRESH_TEST. "vote" (the authors' multi-scale test,

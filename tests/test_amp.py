@@ -1,14 +1,18 @@
-"""Mixed precision: the head runs in low precision, the losses in float32."""
+"""Mixed precision: the head runs in low precision, the losses in float32; SOLVER.AMP.ENABLED
+trains with detectron2's AMPTrainer on CUDA and atss_d2's bfloat16 CPUAMPTrainer on the CPU."""
 
 import pytest
 import torch
-from detectron2.engine import AMPTrainer
+from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
-from tiny_setup import small_cfg
+from tiny_setup import image_dicts, one_torch_thread, registered, small_cfg
+from tiny_setup import tiny_cfg as trainer_cfg
 from torch import nn
+
+from atss_d2.engine import ATSSTrainer, CPUAMPTrainer, amp_trainer_class
 
 
 def tiny_cfg(device):
@@ -66,31 +70,84 @@ def test_losses_float32_under_cpu_autocast():
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP training needs CUDA")
-def test_amp_trainer_steps_cuda():
-    cfg = tiny_cfg("cuda")
+def run_amp_steps(device: str, steps: int = 5):
+    """``steps`` steps of ``amp_trainer_class(device)`` (what ATSSTrainer builds with
+    SOLVER.AMP.ENABLED) on a repeated batch: (recorder, parameters before, parameters after)."""
+    cfg = tiny_cfg(device)
     torch.manual_seed(0)
     model = build_model(cfg)
-    assert model.device.type == "cuda"
+    assert model.device.type == device
     recorder = LossRecorder(model)
     optimizer = build_optimizer(cfg, model)
     data = iter(lambda: batch(), None)  # the same batch, forever
-    # What DefaultTrainer builds when SOLVER.AMP.ENABLED is True.
-    trainer = AMPTrainer(recorder, data, optimizer)
+    trainer = amp_trainer_class(device)(recorder, data, optimizer)
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     with EventStorage(0) as storage:
         trainer.storage = storage
-        for it in range(5):
+        for it in range(steps):
             storage.iter = it
             trainer.run_step()  # raises FloatingPointError on a non-finite total loss
-    assert recorder.head_dtypes == {torch.float16}
+    after = [p.detach() for p in model.parameters() if p.requires_grad]
+    return recorder, before, after
+
+
+@pytest.mark.parametrize(
+    "device, precision",
+    [
+        ("cpu", torch.bfloat16),
+        pytest.param(
+            "cuda",
+            torch.float16,
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ),
+    ],
+)
+def test_amp_trainer_steps(device, precision):
+    recorder, before, after = run_amp_steps(device)
+    assert recorder.head_dtypes == {precision}
     assert len(recorder.losses) == 5
     for step in recorder.losses:
         for name, (dtype, value) in step.items():
             assert dtype == torch.float32, name
             assert torch.isfinite(torch.tensor(value)), (name, value)
-    after = [p.detach() for p in model.parameters() if p.requires_grad]
-    assert all(torch.isfinite(p).all() for p in after)
+    # The weights stay float32 (autocast casts copies) and are updated.
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in after)
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
     # The classification loss goes down on a repeated batch.
     assert recorder.losses[-1]["loss_cls"][1] < recorder.losses[0]["loss_cls"][1]
+
+
+class NaNLoss(nn.Module):
+    """A model whose loss is NaN after a forward pass through its one weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(()))
+
+    def forward(self, data):
+        return {"loss_cls": self.weight * float("nan")}
+
+
+def test_cpu_amp_trainer_stops_on_non_finite_loss():
+    model = NaNLoss()
+    trainer = CPUAMPTrainer(
+        model, iter(lambda: batch(), None), torch.optim.SGD(model.parameters(), 1.0)
+    )
+    with EventStorage(0) as storage, pytest.raises(FloatingPointError, match="iteration=0"):
+        trainer.storage = storage
+        trainer.run_step()
+    assert model.weight.item() == 1.0  # no optimizer step
+
+
+def test_atss_trainer_trains_with_the_cpu_amp_trainer(tmp_path):
+    dicts = image_dicts(tmp_path / "images", num_images=2)
+    with one_torch_thread(), registered("amp_cpu_trainer", dicts) as name:
+        for amp, expected in ((False, SimpleTrainer), (True, CPUAMPTrainer)):
+            cfg = trainer_cfg(tmp_path / f"amp_{amp}", "DATASETS.TRAIN", f"('{name}',)")
+            cfg.SOLVER.AMP.ENABLED = amp
+            trainer = ATSSTrainer(cfg)
+            assert type(trainer._trainer) is expected
+        trainer.resume_or_load(resume=False)
+        trainer.train()  # SOLVER.MAX_ITER bfloat16 steps, then the final checkpoint
+        assert trainer.iter == cfg.SOLVER.MAX_ITER
+        assert (tmp_path / "amp_True" / "model_final.pth").is_file()

@@ -1,5 +1,6 @@
 """Training glue: the trainer, crash-safe checkpointing and config checks used by train_net.py."""
 
+from .amp import CPUAMPTrainer, amp_trainer_class
 from .checkpoint import AtomicCheckpointer, AtomicSaveMixin, SafeAtomicCheckpointer
 from .config import (
     ConfigError,
@@ -16,9 +17,11 @@ __all__ = [
     "ATSSTrainer",
     "AtomicCheckpointer",
     "AtomicSaveMixin",
+    "CPUAMPTrainer",
     "SafeAtomicCheckpointer",
     "SafePredictor",
     "ConfigError",
+    "amp_trainer_class",
     "check_num_classes",
     "launch",
     "merge_config_file",

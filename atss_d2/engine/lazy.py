@@ -12,12 +12,13 @@ fraction of training done) and ``train`` (the keys of ``configs/common/train.py`
 are ``key=value`` (detectron2's ``LazyConfig.apply_overrides``); a key that does not exist is
 refused, naming close ones, except a new argument of a call (a node with ``_target_``).
 
-Training runs detectron2's ``SimpleTrainer`` (``AMPTrainer`` with ``train.amp.enabled``) with
-the hooks of ``lazyconfig_train_net.py`` (IterationTimer, LRScheduler, PeriodicCheckpointer,
-EvalHook, PeriodicWriter) and, as :class:`~atss_d2.engine.ATSSTrainer`, checkpoints written
-atomically and read without unpickling code (:class:`SafeAtomicCheckpointer`) and a clean stop
-on SIGINT / SIGTERM (:class:`~atss_d2.engine.stop.StopOnSignal`). Several CPU processes
-(``--num-gpus N`` without CUDA) train with ``train.device=cpu``.
+Training runs detectron2's ``SimpleTrainer`` (with ``train.amp.enabled``: ``AMPTrainer`` on
+CUDA, the bfloat16 ``CPUAMPTrainer`` on the CPU) with the hooks of ``lazyconfig_train_net.py``
+(IterationTimer, LRScheduler, PeriodicCheckpointer, EvalHook, PeriodicWriter) and, as
+:class:`~atss_d2.engine.ATSSTrainer`, checkpoints written atomically and read without unpickling
+code (:class:`SafeAtomicCheckpointer`) and a clean stop on SIGINT / SIGTERM
+(:class:`~atss_d2.engine.stop.StopOnSignal`). Several CPU processes (``--num-gpus N`` without
+CUDA) train with ``train.device=cpu``.
 """
 
 import difflib
@@ -28,7 +29,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
-    AMPTrainer,
     SimpleTrainer,
     create_ddp_model,
     default_setup,
@@ -41,6 +41,7 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .amp import amp_trainer_class
 from .checkpoint import SafeAtomicCheckpointer
 from .config import (
     ConfigError,
@@ -278,10 +279,10 @@ def _ddp(model: nn.Module, cfg: DictConfig) -> nn.Module:
 
 def build_trainer(cfg: DictConfig, model: Optional[nn.Module] = None):
     """
-    The trainer of ``cfg`` with its hooks registered: ``SimpleTrainer`` (``AMPTrainer`` with
-    ``train.amp.enabled``) over the model (built from ``cfg.model`` if not given), the
-    optimizer and ``dataloader.train``. It has ``checkpointer`` (a
-    :class:`SafeAtomicCheckpointer` of the model, optimizer and trainer in
+    The trainer of ``cfg`` with its hooks registered: ``SimpleTrainer`` (with
+    ``train.amp.enabled``, :func:`~atss_d2.engine.amp.amp_trainer_class`'s) over the model
+    (built from ``cfg.model`` if not given), the optimizer and ``dataloader.train``. It has
+    ``checkpointer`` (a :class:`SafeAtomicCheckpointer` of the model, optimizer and trainer in
     ``train.output_dir``), and ``last_eval_results``, the results of the latest evaluation
     (None before one).
     """
@@ -295,7 +296,8 @@ def build_trainer(cfg: DictConfig, model: Optional[nn.Module] = None):
 
     model = _ddp(model, cfg)
     amp = OmegaConf.select(cfg, "train.amp.enabled", default=False)
-    trainer = (AMPTrainer if amp else SimpleTrainer)(model, train_loader, optimizer)
+    trainer_class = amp_trainer_class(cfg.train.device) if amp else SimpleTrainer
+    trainer = trainer_class(model, train_loader, optimizer)
     trainer.checkpointer = SafeAtomicCheckpointer(
         model, cfg.train.output_dir, optimizer=optimizer, trainer=trainer
     )

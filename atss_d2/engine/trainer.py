@@ -14,7 +14,6 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.engine import (
-    AMPTrainer,
     DefaultTrainer,
     SimpleTrainer,
     TrainerBase,
@@ -29,6 +28,7 @@ from ..data.mapper import ATSSDatasetMapper, SkippingMapDataset
 from ..evaluation import ATSSCOCOEvaluator, ATSSPascalVOCEvaluator
 from ..modeling import ATSSWithTTA
 from ..solver import build_optimizer
+from .amp import amp_trainer_class
 from .checkpoint import SafeAtomicCheckpointer
 from .config import ConfigError, check_num_classes, validate_config
 from .predictor import warn_if_head_untrained
@@ -96,15 +96,18 @@ class ATSSTrainer(DefaultTrainer):
 
     def __init__(self, cfg):
         validate_config(cfg)
-        if comm.get_world_size() > 1 and torch.device(cfg.MODEL.DEVICE).type == "cpu":
-            self._init_cpu_processes(cfg)
+        on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
+        if on_cpu and (comm.get_world_size() > 1 or cfg.SOLVER.AMP.ENABLED):
+            self._init_cpu(cfg)
         else:
             super().__init__(cfg)
 
-    def _init_cpu_processes(self, cfg):
-        """``DefaultTrainer.__init__`` for several CPU processes (:func:`atss_d2.engine.launch`
-        without CUDA): the same steps, but DistributedDataParallel without ``device_ids``,
-        which detectron2 0.6 always passes and torch refuses for CPU modules."""
+    def _init_cpu(self, cfg):
+        """``DefaultTrainer.__init__`` on the CPU for several processes
+        (:func:`atss_d2.engine.launch` without CUDA) or mixed precision: the same steps, but
+        DistributedDataParallel without ``device_ids``, which detectron2 0.6 always passes and
+        torch refuses for CPU modules, and with ``SOLVER.AMP.ENABLED`` the bfloat16
+        :class:`~atss_d2.engine.amp.CPUAMPTrainer` in place of the CUDA-only ``AMPTrainer``."""
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -113,7 +116,8 @@ class ATSSTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=None)
-        trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        amp = cfg.SOLVER.AMP.ENABLED
+        trainer_class = amp_trainer_class(cfg.MODEL.DEVICE) if amp else SimpleTrainer
         self._trainer = trainer_class(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self))

@@ -69,6 +69,7 @@ class ATSS(DenseDetector):
         score_mode: str = "sqrt",
         legacy_plus_one: bool = False,
         size_divisibility: int = 32,
+        channels_last: bool = False,
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         input_format: str = "BGR",
@@ -99,6 +100,8 @@ class ATSS(DenseDetector):
             score_mode: "sqrt" (sqrt(p_cls * p_ctr)) or "product" (p_cls * p_ctr).
             legacy_plus_one: the authors' "+1" box conventions (clip to W - 1, GIoU details).
             size_divisibility: images are padded to a multiple of this (32 in both references).
+            channels_last: keep the convolution weights and the input batch in the
+                channels-last memory format (``torch.channels_last``); same results.
             pixel_mean, pixel_std, input_format: input normalisation and channel order.
         """
         super().__init__(
@@ -136,6 +139,10 @@ class ATSS(DenseDetector):
         self.legacy_plus_one = legacy_plus_one
         self.size_divisibility = size_divisibility
         self.input_format = input_format
+        self.channels_last = channels_last
+        if channels_last:
+            # Checkpoint loading copies into these tensors, which keeps their memory format.
+            self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -186,6 +193,7 @@ class ATSS(DenseDetector):
             "score_mode": cfg.MODEL.ATSS.SCORE_MODE,
             "legacy_plus_one": legacy,
             "size_divisibility": cfg.MODEL.ATSS.SIZE_DIVISIBILITY,
+            "channels_last": cfg.MODEL.ATSS.CHANNELS_LAST,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
@@ -196,7 +204,11 @@ class ATSS(DenseDetector):
         detectron2's FPN would pad to P7's stride, 128)."""
         images = [x["image"].to(self.device) for x in batched_inputs]
         images = [(x - self.pixel_mean) / self.pixel_std for x in images]
-        return ImageList.from_tensors(images, self.size_divisibility)
+        images = ImageList.from_tensors(images, self.size_divisibility)
+        if self.channels_last:
+            tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+            images = ImageList(tensor, images.image_sizes)
+        return images
 
     # ------------------------------------------------------------------------------------
     # Training

@@ -87,6 +87,7 @@ model = L(ATSS)(
     score_mode="sqrt",
     legacy_plus_one=False,
     size_divisibility=32,
+    channels_last=False,
     pixel_mean=[123.675, 116.28, 103.53],
     pixel_std=[58.395, 57.12, 57.375],
     input_format="RGB",
