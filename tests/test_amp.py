@@ -151,3 +151,15 @@ def test_atss_trainer_trains_with_the_cpu_amp_trainer(tmp_path):
         trainer.train()  # SOLVER.MAX_ITER bfloat16 steps, then the final checkpoint
         assert trainer.iter == cfg.SOLVER.MAX_ITER
         assert (tmp_path / "amp_True" / "model_final.pth").is_file()
+
+
+def test_cpu_amp_trainer_warns_without_native_bfloat16(monkeypatch, caplog):
+    import atss_d2.engine.amp as amp
+
+    model = NaNLoss()
+    for native, warned in ((True, False), (False, True)):
+        monkeypatch.setattr(amp, "cpu_has_fast_bfloat16", lambda: native)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="atss_d2.engine.amp"):
+            CPUAMPTrainer(model, [], torch.optim.SGD(model.parameters(), 1.0))
+        assert ("does not run natively" in caplog.text) == warned

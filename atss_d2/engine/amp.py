@@ -9,12 +9,24 @@ predictions to float32, so every loss is float32. bfloat16 has float32's exponen
 gradient scaler is needed.
 """
 
+import logging
 import time
 
 import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
 
-__all__ = ["CPUAMPTrainer", "amp_trainer_class"]
+__all__ = ["CPUAMPTrainer", "amp_trainer_class", "cpu_has_fast_bfloat16"]
+
+logger = logging.getLogger(__name__)
+
+
+def cpu_has_fast_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 BF16, AMX, or AVX-512 with the
+    core extensions oneDNN accepts); without it bfloat16 convolutions are emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
 
 
 class CPUAMPTrainer(SimpleTrainer):
@@ -28,6 +40,12 @@ class CPUAMPTrainer(SimpleTrainer):
     def __init__(self, model, data_loader, optimizer, precision: torch.dtype = torch.bfloat16):
         super().__init__(model, data_loader, optimizer)
         self.precision = precision
+        if precision == torch.bfloat16 and not cpu_has_fast_bfloat16():
+            logger.warning(
+                "SOLVER.AMP.ENABLED on the CPU trains in bfloat16, which this CPU does not run "
+                "natively (no AVX-512 BF16 / AMX in oneDNN): training is slower than in float32. "
+                "Set SOLVER.AMP.ENABLED False."
+            )
 
     def run_step(self):
         assert self.model.training, "[CPUAMPTrainer] model was changed to eval mode!"
