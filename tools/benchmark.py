@@ -7,6 +7,7 @@ in sample selection (each model's ``label_anchors``).
     python tools/benchmark.py                         # CPU, 800x1333 inference, batch-2 training
     python tools/benchmark.py --device cuda --out output/benchmark
     python tools/benchmark.py --quick                 # smoke run, small images
+    python tools/benchmark.py --onnx --no-train       # + ATSS exported to ONNX Runtime (CPU)
 
 What is compared (all random weights, R-50-FPN, P3-P7, 80 classes):
 - Same ResNet-50 bottom-up for the three (ATSS's config: torchvision-style stride in the 3x3
@@ -37,6 +38,13 @@ What is compared (all random weights, R-50-FPN, P3-P7, 80 classes):
 - Peak memory: CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated before (model,
   optimizer state); CPU, peak RSS above the RSS before (VmHWM after ``/proc/self/clear_refs``),
   one run each, in this process. ``tracemalloc`` does not see torch's memory.
+- ``--onnx`` (CPU): the same ATSS model exported by ``atss_d2.export.export_onnx`` (traced on
+  the first inference size) and run by ONNX Runtime with as many intra-op threads as torch has,
+  timed in the same round-robin as the eager models: ``atss_onnx`` (float32) and
+  ``atss_onnx_int8`` (``atss_d2.quantization.quantize_onnx``, calibrated on ``--calib-images``
+  random images like the benchmark's). Reported: latency, ratio to eager ATSS, and the
+  detections against eager ATSS's (float32: same classes, boxes within 1e-2 px, scores within
+  1e-4; int8: the share of eager's detections it finds).
 """
 
 import argparse
@@ -70,6 +78,8 @@ TARGETS = {
     ("inference", "fcos"): 1.00,
     ("train_step", "fcos"): 1.05,
 }
+# ONNX Runtime rows (``--onnx``): the largest latency ratio to eager ATSS that counts as met.
+ONNX_TARGETS = {"atss_onnx": 0.60, "atss_onnx_int8": 0.40}
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,6 +204,8 @@ DESCRIPTIONS = {
     "atss": "atss_d2 ATSS, P6 from P5",
     "retinanet": "detectron2 RetinaNet (stock), P6 from res5",
     "fcos": "detectron2 FCOS (GN head), P6 from P5",
+    "atss_onnx": "ATSS exported to ONNX, float32, ONNX Runtime CPU",
+    "atss_onnx_int8": "ATSS exported to ONNX, int8 (static QDQ), ONNX Runtime CPU",
 }
 
 
@@ -263,6 +275,62 @@ class Infer:
             return self.model(self.inputs)
 
 
+class OnnxInfer:
+    """One image through an exported model in ONNX Runtime (:class:`atss_d2.runtime.ExportedModel`),
+    with :class:`Infer`'s output: ``[{"instances": Instances}]``, boxes in the image's size."""
+
+    label_anchors_seconds = 0.0  # round_robin's per-step record; there is no sample selection
+
+    def __init__(self, runner, image: torch.Tensor):
+        self.runner = runner
+        self.image = image.float()  # as the exported model takes it, converted once
+
+    def __call__(self):
+        return [{"instances": self.runner.run(self.image)}]
+
+
+def export_onnx_models(model: nn.Module, image: torch.Tensor, args, threads: int) -> Dict:
+    """Export ``model`` (eager ATSS) traced on ``image`` to float32 ONNX and, quantized, int8;
+    returns ``{"atss_onnx": ExportedModel, "atss_onnx_int8": ExportedModel}``."""
+    from atss_d2.export import export_onnx
+    from atss_d2.quantization import ArrayCalibrationReader, quantize_onnx
+    from atss_d2.runtime import ExportedModel
+
+    out = os.path.join(args.out, "onnx")
+    os.makedirs(out, exist_ok=True)
+    image = image.float()
+    paths = {"atss_onnx": os.path.join(out, "model.onnx")}
+    export_onnx(model, image, paths["atss_onnx"])
+    if "int8" in args.onnx_precisions:
+        # Direct convolutions (no Winograd): they become the integer convolutions.
+        float_convs = os.path.join(out, "model.float_convs.onnx")
+        export_onnx(model, image, float_convs, winograd=False)
+        h, w = image.shape[-2:]
+        calib = make_inputs((h, w), args.calib_images, 0, args.seed + 7, with_gt=False)
+        paths["atss_onnx_int8"] = os.path.join(out, "model.int8.onnx")
+        reader = ArrayCalibrationReader(x["image"].float().numpy() for x in calib)
+        quantize_onnx(float_convs, paths["atss_onnx_int8"], reader)
+    if "float32" not in args.onnx_precisions:
+        paths.pop("atss_onnx")
+    return {name: ExportedModel(path, threads=threads) for name, path in paths.items()}
+
+
+def onnx_agreement(name: str, expected, actual) -> dict:
+    """Detections of an ONNX row against eager ATSS's: exact for float32, matched for int8."""
+    from atss_d2.runtime import compare_detections, match_detections
+
+    if name == "atss_onnx":
+        ok, verdict = compare_detections(expected, actual)
+        return {"exact": ok, "verdict": verdict}
+    m = match_detections(expected, actual)
+    verdict = (
+        f"{m['actual']} detections ({m['expected']} eager), {100 * m['matched']:.1f}% of eager's "
+        f"matched (same class, IoU >= 0.5), mean IoU {m['mean_iou']:.3f}, "
+        f"mean score diff {m['mean_score_diff']:.4f}"
+    )
+    return dict(m, verdict=verdict)
+
+
 def round_robin(
     steps: Dict[str, Callable], models: Dict[str, nn.Module], device, iters, warmup, desc
 ):
@@ -321,12 +389,28 @@ def print_report(result: dict) -> List[str]:
             f"\nInference, one {key} image, median of {s['iters']} after {s['warmup']} "
             f"warm-up (scores: {s['scores']})"
         )
-        lines.append(f"{'model':<13} {'ms/img':>9} {'extra MiB':>10}  description")
+        lines.append(f"{'model':<15} {'ms/img':>9} {'extra MiB':>10}  description")
         for name, r in result["inference"][key].items():
             lines.append(
-                f"{name:<13} {r['median_ms']:>9.1f} {r['memory']['extra_mib']:>10.0f}  "
+                f"{name:<15} {r['median_ms']:>9.1f} {r['memory']['extra_mib']:>10.0f}  "
                 f"{DESCRIPTIONS[name]}"
             )
+        onnx_rows = [n for n in ONNX_TARGETS if n in result["inference"][key]]
+        if onnx_rows:
+            eager = result["inference"][key]["atss"]["median_ms"]
+            lines.append(
+                f"ONNX Runtime ({s['onnx_threads']} intra-op threads) vs eager atss "
+                f"({eager:.1f} ms), same run, same input:"
+            )
+            for name in onnx_rows:
+                r = result["inference"][key][name]
+                value = ratio(r["median_ms"], eager)
+                target = ONNX_TARGETS[name]
+                mark = "met" if value <= target else "MISSED"
+                lines.append(
+                    f"  {name:<15} {value:6.3f} x eager  target <= {target:.2f}: {mark}; "
+                    f"{r['agreement']['verdict']}"
+                )
     t = s["train_size"]
     lines.append(
         f"\nTraining step, batch {s['batch']} of {t[0]}x{t[1]}, {s['num_gt']} GT/image, "
@@ -346,6 +430,8 @@ def print_report(result: dict) -> List[str]:
         lines.append(f"{'model':<13} {'inference':>10} {'train step':>11} {'label_anchors':>14}")
         first = next(iter(result["inference"].values()))
         for name, r in first.items():
+            if "aten_ops" not in r:
+                continue  # ONNX Runtime rows dispatch no ATen op
             t = result["train"].get(name, {})
             lines.append(
                 f"{name:<13} {r['aten_ops']:>10} {t.get('aten_ops', '-'):>11} "
@@ -395,6 +481,8 @@ def plot(result: dict, path: str) -> None:
         "atss": "tab:green",
         "retinanet": "tab:blue",
         "fcos": "tab:orange",
+        "atss_onnx": "tab:olive",
+        "atss_onnx_int8": "tab:cyan",
     }
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
     for ax, (title, values) in zip(axes, panels):
@@ -445,6 +533,21 @@ def parse_args(argv=None):
     p.add_argument(
         "--no-ops", action="store_true", help="skip counting the ATen ops of each model's calls"
     )
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also time ATSS exported to ONNX Runtime (CPU; see --onnx-precisions)",
+    )
+    p.add_argument(
+        "--onnx-precisions",
+        nargs="+",
+        choices=["float32", "int8"],
+        default=["float32", "int8"],
+        help="the ONNX Runtime rows of --onnx",
+    )
+    p.add_argument(
+        "--calib-images", type=int, default=2, help="random images calibrating the int8 model"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="output/benchmark", help="folder for benchmark.json/.png")
     p.add_argument(
@@ -482,6 +585,12 @@ def main(argv=None) -> int:
 
     sizes = [parse_size(s) for s in args.sizes]
     train_size = parse_size(args.train_size)
+    onnx_models = {}
+    if args.onnx:
+        if device != "cpu" or "atss" not in models:
+            raise SystemExit("--onnx: needs --device cpu and atss among --models")
+        first = make_inputs(sizes[0], 1, 0, args.seed, with_gt=False)[0]["image"]
+        onnx_models = export_onnx_models(models["atss"], first, args, torch.get_num_threads())
     result = {
         "machine": machine_info(device),
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
@@ -496,6 +605,7 @@ def main(argv=None) -> int:
             "scores": args.scores,
             "models": DESCRIPTIONS,
             "inference": "score thresh 0.05, top 1000/level, NMS 0.6, 100 detections",
+            "onnx_threads": torch.get_num_threads() if onnx_models else None,
         },
         "inference": {},
         "train": {},
@@ -504,20 +614,29 @@ def main(argv=None) -> int:
         key = f"{size[0]}x{size[1]}"
         inputs = _to_device(make_inputs(size, 1, 0, args.seed, with_gt=False), device)
         steps = {k: Infer(m, inputs) for k, m in models.items()}
-        times, _ = round_robin(steps, models, device, args.iters, args.warmup, f"inference {key}")
+        runners = dict(models)
+        for name, runner in onnx_models.items():
+            steps[name] = runners[name] = OnnxInfer(runner, inputs[0]["image"])
+        times, _ = round_robin(steps, runners, device, args.iters, args.warmup, f"inference {key}")
         result["inference"][key] = {}
         for name, fn in steps.items():
             entry = {
                 "times_ms": [1000 * t for t in times[name]],
                 "median_ms": 1000 * median(times[name]),
             }
-            entry["detections"] = len(fn()[0]["instances"])
-            with torch.no_grad():
-                entry["padded_input"] = list(models[name].preprocess_image(inputs).tensor.shape)
+            instances = fn()[0]["instances"]
+            entry["detections"] = len(instances)
+            if name in onnx_models:
+                eager = steps["atss"]()[0]["instances"]
+                entry["agreement"] = onnx_agreement(name, eager, instances)
+            else:
+                with torch.no_grad():
+                    padded = models[name].preprocess_image(inputs).tensor.shape
+                entry["padded_input"] = list(padded)
             entry["memory"] = ({} if args.no_memory else peak_memory(fn, device)) or {
                 "extra_mib": float("nan")
             }
-            if not args.no_ops:
+            if not args.no_ops and name not in onnx_models:
                 entry["aten_ops"] = count_ops(fn)
             result["inference"][key][name] = entry
 
@@ -574,6 +693,15 @@ def main(argv=None) -> int:
                 )
                 ratios.append(((what, base), None, value))
     result["ratios"] = ratios
+    table = result["inference"].get(key, {})
+    result["onnx_ratios"] = {
+        name: {
+            "ratio_to_eager_atss": ratio(table[name]["median_ms"], table["atss"]["median_ms"]),
+            "target": target,
+        }
+        for name, target in ONNX_TARGETS.items()
+        if name in table
+    }
 
     print()
     result["report"] = print_report(result)

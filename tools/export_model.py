@@ -10,12 +10,19 @@ then runs the exported model on the sample and checks its detections against PyT
 exported model takes one float32 (3, H, W) image, already resized (INPUT.MIN_SIZE_TEST /
 MAX_SIZE_TEST) and in INPUT.FORMAT's channel order, and returns boxes in that image's
 coordinates. Without ``--sample-image``, a random image of the test size is used for tracing.
+
+``--quantize`` also writes ``model.int8.onnx`` (ONNX Runtime static quantization, calibrated on
+``--calib-images`` images of the registered dataset ``--calib-dataset``). ``--run-eval DATASET``
+evaluates the exported model(s) and the PyTorch model on a registered dataset and prints their
+COCO AP.
 """
 
 import argparse
 import json
 import logging
 import os
+import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -31,7 +38,16 @@ from detectron2.utils.logger import setup_logger
 
 import atss_d2
 from atss_d2.checkpoint import SafeDetectionCheckpointer
-from atss_d2.export import export_onnx, export_torchscript, instances_from_outputs
+from atss_d2.data import add_dataset_arguments, register_datasets_from_args
+from atss_d2.export import export_onnx, export_torchscript
+from atss_d2.runtime import (
+    ExportedModel,
+    ap_lines,
+    check_dataset_name,
+    compare_detections,
+    evaluate,
+    match_detections,
+)
 
 logger = logging.getLogger("atss_d2.export")
 
@@ -48,6 +64,8 @@ def setup_cfg(args):
 def sample_image(cfg, path):
     """The sample as the model sees it at test time: Tensor float32 (3, H, W)."""
     if path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--sample-image not found: {path}")
         image = detection_utils.read_image(path, format=cfg.INPUT.FORMAT)
     else:
         side = cfg.INPUT.MIN_SIZE_TEST
@@ -58,37 +76,54 @@ def sample_image(cfg, path):
     return torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
 
 
-def run_exported(fmt, path, names, image):
-    if fmt == "torchscript":
-        with torch.no_grad(), torch.jit.optimized_execution(False):
-            outputs = torch.jit.load(path)(image)
-    else:
-        import onnxruntime
+def check_arguments(args, cfg):
+    """Errors naming the bad argument, before anything is built."""
+    if args.quantize and args.format != "onnx":
+        raise ValueError("--quantize needs --format onnx (ONNX Runtime quantization)")
+    if args.calib_images < 1:
+        raise ValueError(f"--calib-images must be at least 1, got {args.calib_images}")
+    if args.quantize:
+        check_dataset_name(calibration_dataset(args, cfg), "--calib-dataset")
+    if args.run_eval:
+        check_dataset_name(args.run_eval, "--run-eval")
+    if (
+        cfg.MODEL.WEIGHTS
+        and not os.path.isfile(cfg.MODEL.WEIGHTS)
+        and "://" not in (cfg.MODEL.WEIGHTS)
+    ):
+        raise FileNotFoundError(f"MODEL.WEIGHTS not found: {cfg.MODEL.WEIGHTS}")
 
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        outputs = session.run(None, {"image": image.numpy()})
-    return instances_from_outputs(names, outputs)
+
+def calibration_dataset(args, cfg) -> str:
+    if args.calib_dataset:
+        return args.calib_dataset
+    if not cfg.DATASETS.TRAIN:
+        raise ValueError("--quantize: no --calib-dataset and no DATASETS.TRAIN to calibrate on")
+    return cfg.DATASETS.TRAIN[0]
 
 
-def check(expected, actual):
-    """Compare detections; returns a one-line verdict."""
-    if len(expected) != len(actual) or actual.image_size != expected.image_size:
-        return f"MISMATCH: {len(actual)} detections exported, {len(expected)} in PyTorch"
-    if len(expected) == 0:
-        return "matches PyTorch (no detections on the sample)"
-    box_diff = (actual.pred_boxes.tensor - expected.pred_boxes.tensor).abs().max().item()
-    score_diff = (actual.scores - expected.scores).abs().max().item()
-    same_classes = torch.equal(actual.pred_classes.long(), expected.pred_classes)
-    if box_diff > 1e-2 or score_diff > 1e-4 or not same_classes:
-        return f"MISMATCH: max box diff {box_diff:.3g}, max score diff {score_diff:.3g}"
-    return (
-        f"matches PyTorch: {len(expected)} detections, max box diff {box_diff:.3g}, "
-        f"max score diff {score_diff:.3g}"
+def quantize(model, image, cfg, args) -> str:
+    """Write ``model.int8.onnx``: the model exported with direct convolutions, quantized."""
+    from atss_d2.quantization import DatasetCalibrationReader, quantize_onnx
+
+    path = os.path.join(args.output, "model.int8.onnx")
+    dataset = calibration_dataset(args, cfg)
+    reader = DatasetCalibrationReader(cfg, dataset, args.calib_images)
+    with tempfile.TemporaryDirectory(prefix="atss_quant_") as tmp:
+        float_path = os.path.join(tmp, "model.float.onnx")
+        export_onnx(model, image, float_path, opset_version=args.opset, winograd=False)
+        float_convs = quantize_onnx(float_path, path, reader)
+    logger.info(
+        f"Quantized to {path}: calibrated on {reader.count} images of {dataset}; "
+        f"{len(float_convs)} output convs kept in float32"
     )
+    return path
 
 
 def main(args):
     cfg = setup_cfg(args)
+    register_datasets_from_args(args.coco_dataset, args.voc_dataset, args.classes)
+    check_arguments(args, cfg)
     os.makedirs(args.output, exist_ok=True)
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
@@ -103,16 +138,40 @@ def main(args):
         names = export_torchscript(model, image, path)
     else:
         path = os.path.join(args.output, "model.onnx")
-        names = export_onnx(model, image, path, opset_version=args.opset)
+        names = export_onnx(
+            model, image, path, opset_version=args.opset, optimize=not args.no_optimize
+        )
     with open(os.path.join(args.output, "outputs.json"), "w") as f:
         json.dump({"input": "image: float32 (3, H, W)", "outputs": names}, f, indent=2)
     logger.info(f"Exported {args.format} model to {path}; outputs: {names}")
 
+    exported = {args.format: ExportedModel(path, threads=args.threads)}
+    if args.quantize:
+        exported["onnx int8"] = ExportedModel(
+            quantize(model, image, cfg, args), threads=args.threads
+        )
     with torch.no_grad():
         expected = model([{"image": image}])[0]["instances"]
-    verdict = check(expected, run_exported(args.format, path, names, image))
+    matches, verdict = compare_detections(expected, exported[args.format].run(image))
     print(f"Exported {args.format} model {verdict}")
-    return 0 if verdict.startswith("matches") else 1
+    if args.quantize:
+        agreement = match_detections(expected, exported["onnx int8"].run(image))
+        print(
+            f"Quantized int8 model: {agreement['actual']} detections ({agreement['expected']} in "
+            f"PyTorch), {100 * agreement['matched']:.1f}% of PyTorch's matched (same class, "
+            f"IoU >= 0.5; mean IoU {agreement['mean_iou']:.3f}, mean score diff "
+            f"{agreement['mean_score_diff']:.4f})"
+        )
+
+    if args.run_eval:
+        results = {"pytorch": evaluate(model, cfg, args.run_eval, desc="pytorch")}
+        for name, runner in exported.items():
+            results[name] = evaluate(runner, cfg, args.run_eval, desc=name)
+        print(f"Evaluation on {args.run_eval}:")
+        print("\n".join(ap_lines(results)))
+        with open(os.path.join(args.output, "eval.json"), "w") as f:
+            json.dump({"dataset": args.run_eval, "results": results}, f, indent=2, default=float)
+    return 0 if matches else 1
 
 
 def get_parser():
@@ -125,6 +184,33 @@ def get_parser():
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     parser.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="ONNX: export the model as built (no batch-norm folding, no Winograd convs)",
+    )
+    parser.add_argument(
+        "--quantize",
+        action="store_true",
+        help="also write model.int8.onnx (ONNX Runtime static int8 quantization)",
+    )
+    parser.add_argument(
+        "--calib-dataset",
+        metavar="NAME",
+        help="registered dataset to calibrate --quantize on (default: DATASETS.TRAIN[0])",
+    )
+    parser.add_argument(
+        "--calib-images", type=int, default=16, metavar="N", help="calibration images (16)"
+    )
+    parser.add_argument(
+        "--run-eval",
+        metavar="DATASET",
+        help="evaluate the exported model(s) and the PyTorch model on this registered dataset",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime / torch threads for the checks"
+    )
+    add_dataset_arguments(parser)
+    parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config options: KEY VALUE pairs", default=[]
     )
     return parser
@@ -132,4 +218,9 @@ def get_parser():
 
 if __name__ == "__main__":
     setup_logger(name="atss_d2")
-    raise SystemExit(main(get_parser().parse_args()))
+    try:
+        code = main(get_parser().parse_args())
+    except (FileNotFoundError, ValueError) as e:  # ConfigError among them
+        print(f"export_model.py: error: {e}", file=sys.stderr)
+        code = 2
+    raise SystemExit(code)
