@@ -331,9 +331,9 @@ def test_optimizers_match_the_yaml(pair):
 
 
 def _shapes_warmup_at(iteration):
-    """Shapes: linear warmup over 50 of 600 iterations from 0.01 x the cosine's start (1) to
+    """Shapes: linear warmup over 50 of 840 iterations from 0.01 x the cosine's start (1) to
     the cosine's value at iteration 50, the cosine going from 1 to 0 over the run."""
-    cosine = 0.5 * (1 + math.cos(math.pi * 50 / 600))
+    cosine = 0.5 * (1 + math.cos(math.pi * 50 / 840))
     return 0.01 + (cosine - 0.01) * iteration / 50
 
 
@@ -352,9 +352,9 @@ _SCHEDULE = {
     "Shapes/atss_R_18_FPN_shapes": [
         (0, 0.01),
         (25, _shapes_warmup_at(25)),
-        (50, 0.5 * (1 + math.cos(math.pi * 50 / 600))),
-        (300, 0.5),
-        (450, 0.5 * (1 + math.cos(math.pi * 0.75))),
+        (50, 0.5 * (1 + math.cos(math.pi * 50 / 840))),
+        (420, 0.5),
+        (630, 0.5 * (1 + math.cos(math.pi * 0.75))),
     ],
 }
 

@@ -86,3 +86,39 @@ def test_unknown_optimizer_names_the_key_and_the_value():
     message = str(info.value)
     assert "SOLVER.OPTIMIZER" in message and "'LAMB'" in message
     assert "'SGD'" in message and "'ADAMW'" in message  # and the names it accepts
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_adamw_on_the_cpu_is_fused_and_makes_adamws_first_step(clip):
+    torch.manual_seed(0)
+    model = small_model()
+    cfg = solver_cfg(OPTIMIZER="ADAMW")
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = clip
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1e6  # never reached
+    optimizer = build_optimizer(cfg, model)
+    assert optimizer.defaults["fused"] is True
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.grad = grads[n].clone()
+    optimizer.step()
+    # AdamW's first step, by hand: m = (1 - b1) g, v = (1 - b2) g^2, bias-corrected to g and
+    # g^2, so p <- p (1 - lr wd) - lr g / (|g| + eps).
+    lr, eps = 0.002, 1e-8
+    for name, p in model.named_parameters():
+        wd = 0.0 if name.startswith("1.") else 0.05  # the GroupNorm: WEIGHT_DECAY_NORM
+        g = grads[name]
+        expected = before[name] * (1 - lr * wd) - lr * g / (g.abs() + eps)
+        assert torch.allclose(p.detach(), expected, rtol=0, atol=1e-6), name
+
+
+def test_fused_only_for_adam_on_the_cpu():
+    from atss_d2.solver import cpu_fused_kwargs
+
+    params = list(small_model().parameters())
+    assert cpu_fused_kwargs(torch.optim.AdamW, [{"params": params}]) == {"fused": True}
+    assert cpu_fused_kwargs(torch.optim.AdamW, params) == {"fused": True}
+    assert cpu_fused_kwargs(torch.optim.SGD, params) == {}
+    assert cpu_fused_kwargs(torch.optim.AdamW, iter(params)) == {}  # not consumed
+    assert cpu_fused_kwargs(torch.optim.AdamW, [torch.zeros(1, device="meta")]) == {}

@@ -14,11 +14,10 @@ import os
 import time
 
 _START = time.perf_counter()  # the summary's wall time counts the imports below too
-# OpenMP threads that spin long at barriers (libgomp's default) make a two-thread torch run 1.5
-# to 10 times slower as soon as another process competes for a two-core machine's cores; a
-# short spin costs ~5% when the cores are free (measured on the demo's training step). It must
-# be set before torch loads its OpenMP runtime.
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+# The training step runs on all cores with no loader process beside it, so OpenMP's default
+# spinning at barriers is the fastest on an idle machine (a spin count of 1000 makes the demo's
+# bfloat16 step 0.44 s in place of 0.37). When other work competes for the cores, long spins make
+# a two-thread run 1.5 to 10 times slower: run `GOMP_SPINCOUNT=1000 make demo` there.
 
 import argparse  # noqa: E402
 import fnmatch  # noqa: E402

@@ -60,7 +60,7 @@ class ShapesSpec:
 
 # The built-in splits: different seeds, so no validation image is a training image.
 SHAPES_SPLITS: Dict[str, ShapesSpec] = {
-    "train": ShapesSpec(num_images=1000, seed=0),
+    "train": ShapesSpec(num_images=4000, seed=0),
     "val": ShapesSpec(num_images=100, seed=1),
 }
 

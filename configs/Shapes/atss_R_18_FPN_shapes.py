@@ -2,7 +2,8 @@
 atss_R_18_FPN_shapes.yaml as a LazyConfig: ATSS on the built-in synthetic "shapes" dataset,
 trained from scratch on the CPU: ResNet-18 with BatchNorm, 64-channel FPN and head (GroupNorm,
 groups of 2 channels) on P3-P5, anchors 4 x stride, 128x160 images at their native size, AdamW
-with clipped gradients and a cosine schedule.
+with clipped gradients and a cosine schedule, bfloat16 mixed precision in the channels-last
+layout.
 
     python train_net.py --config-file configs/Shapes/atss_R_18_FPN_shapes.py
 """
@@ -31,6 +32,7 @@ model.num_classes = 3
 # Mean and std of the shapes images (plain backgrounds, saturated objects).
 model.pixel_mean = [90.0, 90.0, 90.0]
 model.pixel_std = [90.0, 90.0, 90.0]
+model.channels_last = True
 
 dataloader.train.dataset.names = "shapes_train"
 dataloader.test.dataset.names = "shapes_val"
@@ -39,12 +41,13 @@ dataloader.train.mapper.augmentations[0].short_edge_length = (128,)
 dataloader.train.mapper.augmentations[0].max_size = 160
 dataloader.test.mapper.augmentations[0].short_edge_length = 128
 dataloader.test.mapper.augmentations[0].max_size = 160
-dataloader.train.num_workers = 1
-dataloader.test.num_workers = 1
+dataloader.train.num_workers = 0
+dataloader.test.num_workers = 0
 
-lr_multiplier = cosine(max_iter=600, warmup_iters=50, warmup_factor=0.01)
+lr_multiplier = cosine(max_iter=840, warmup_iters=50, warmup_factor=0.01)
 
-train.max_iter = 600
+train.max_iter = 840
+train.amp.enabled = True
 train.checkpointer.period = 100000
 train.device = "cpu"
 train.seed = 0
