@@ -29,6 +29,8 @@ Everything is derived from the ATSS config (``--config-file``, default the shape
 - Empty images: detectron2 0.6's FCOS fails on a training image without boxes, so the baselines
   always train with ``DATALOADER.FILTER_EMPTY_ANNOTATIONS True``; ATSS keeps the config's value
   (which handles empty images). The value used is recorded per model.
+- Precision: on the CPU all three train in float32 (``SOLVER.AMP.ENABLED`` off): detectron2
+  0.6's RetinaNet and FCOS fail under bfloat16 autocast.
 
 Evaluation: atss_d2's COCO evaluator (detectron2's ``COCOEvaluator`` with the pure-Python COCO
 API when detectron2's compiled ops are missing). Writes ``results.json`` (and ``compare.png``
@@ -47,6 +49,7 @@ from typing import Dict, List, Optional, Sequence
 import atss_d2.warning_filters  # noqa: F401  (first: before the detectron2 imports)
 
 # isort: split
+import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model as build_d2_model
@@ -188,6 +191,10 @@ def model_config(base: CfgNode, name: str, out_dir: str) -> CfgNode:
     if name != "atss":
         cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True  # detectron2 0.6's FCOS needs boxes
     cfg.TEST.EVAL_PERIOD = 0
+    if torch.device(cfg.MODEL.DEVICE).type == "cpu":
+        # detectron2 0.6's RetinaNet and FCOS fail under the CPU's bfloat16 autocast (their
+        # label assignment writes float32 into bfloat16 tensors): all three train in float32.
+        cfg.SOLVER.AMP.ENABLED = False
     cfg.freeze()
     return cfg
 
