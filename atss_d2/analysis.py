@@ -20,7 +20,6 @@ That table only exists once the dataset has been loaded, so load the dataset dic
 The matching rule is defined in :func:`confusion_matrix`.
 """
 
-import difflib
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from .engine.config import check_datasets_registered
 from .utils import read_json
 
 __all__ = [
@@ -53,10 +53,6 @@ logger = logging.getLogger(__name__)
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
 PER_CLASS_JSON = "per_class.json"
 
-_REGISTER_HINT = (
-    "Register it with --coco-dataset NAME JSON IMAGE_DIR or --voc-dataset NAME ANNOTATIONS_DIR "
-    "IMAGES_DIR (atss_d2.data.register_coco_dataset / register_voc_dataset)."
-)
 _MATCHING_RULE = (
     "Per image, detections with score >= score_threshold, highest score first: (1) each takes "
     "the unmatched ground-truth box of its own class with the highest IoU >= iou_threshold "
@@ -126,10 +122,7 @@ def load_coco_results(json_file: str, metadata: Metadata) -> List[Dict]:
 def load_dataset_and_results(json_file: str, dataset_name: str) -> Tuple[List[Dict], List[Dict]]:
     """The dataset dicts of ``dataset_name`` and the detections of ``json_file`` with
     contiguous class ids (:func:`load_coco_results`), loaded in that order."""
-    if dataset_name not in DatasetCatalog.list():
-        close = difflib.get_close_matches(dataset_name, DatasetCatalog.list(), n=3)
-        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"Dataset {dataset_name!r} is not registered.{hint} {_REGISTER_HINT}")
+    check_datasets_registered([dataset_name], "--dataset")
     dicts = DatasetCatalog.get(dataset_name)  # sets thing_dataset_id_to_contiguous_id
     return dicts, load_coco_results(json_file, MetadataCatalog.get(dataset_name))
 

@@ -62,11 +62,11 @@ def calibration_images(cfg, dataset_name: str, num_images: int) -> List[np.ndarr
     from detectron2.data import DatasetCatalog
 
     from .data.mapper import ATSSDatasetMapper
-    from .runtime import check_dataset_name
+    from .engine.config import check_datasets_registered
 
     if num_images < 1:
         raise ValueError(f"--calib-images must be at least 1, got {num_images}")
-    check_dataset_name(dataset_name, "--calib-dataset")
+    check_datasets_registered([dataset_name], "--calib-dataset")
     records = DatasetCatalog.get(dataset_name)
     if not records:
         raise ValueError(f"--calib-dataset {dataset_name!r} has no images")

@@ -20,13 +20,13 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from torch import Tensor
 
+from .engine.config import check_datasets_registered
 from .export import DEFAULT_OUTPUT_NAMES, instances_from_outputs
 
 __all__ = [
     "ExportedModel",
     "ap_lines",
     "box_ap",
-    "check_dataset_name",
     "compare_detections",
     "evaluate",
     "match_detections",
@@ -186,23 +186,6 @@ def match_detections(
     return out
 
 
-def check_dataset_name(name: str, what: str = "dataset") -> None:
-    """Raise a ValueError naming ``name`` (and ``what`` asked for it) when no dataset is
-    registered under it."""
-    from detectron2.data import DatasetCatalog
-
-    registered = DatasetCatalog.list()
-    if name not in registered:
-        import difflib
-
-        close = difflib.get_close_matches(name, registered, n=3)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"{what} {name!r}: no dataset is registered under that name{hint} (register one "
-            "with --coco-dataset / --voc-dataset, or see docs/CUSTOM_DATASET.md)"
-        )
-
-
 def evaluate(
     model,
     cfg,
@@ -224,7 +207,7 @@ def evaluate(
 
     from .engine.trainer import ATSSTrainer
 
-    check_dataset_name(dataset_name)
+    check_datasets_registered([dataset_name], "the evaluated dataset")
     loader = ATSSTrainer.build_test_loader(cfg, dataset_name)
     evaluator = ATSSTrainer.build_evaluator(cfg, dataset_name, output_dir)
     evaluator.reset()

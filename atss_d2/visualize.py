@@ -32,9 +32,10 @@ from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from .analysis import _REGISTER_HINT, load_dataset_and_results
+from .analysis import load_dataset_and_results
 from .config import add_atss_config
 from .data.mapper import UnreadableImageError, read_image_any_mode
+from .engine.config import check_datasets_registered
 
 __all__ = [
     "SOURCES",
@@ -221,12 +222,6 @@ class _Sink:
         return True
 
 
-def _registered(names: Sequence[str], key: str) -> None:
-    for name in names:
-        if name not in DatasetCatalog.list():
-            raise ValueError(f"{key} names {name!r}, which is not registered. {_REGISTER_HINT}")
-
-
 # ----------------------------------------------------------------------------------------------
 # The dataset, as loaded and after the data loader
 # ----------------------------------------------------------------------------------------------
@@ -291,7 +286,7 @@ def visualize_train_loader(
         from .engine import ATSSTrainer
 
         build_train_loader = ATSSTrainer.build_train_loader
-    _registered(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+    check_datasets_registered(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
     sink = _Sink(output_dir, show)
     # The images the loader will serve, for the names and to know when all were drawn.
     expected = [
@@ -356,7 +351,7 @@ def visualize_data(
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if source == "dataloader":
         return visualize_train_loader(cfg, output_dir, show, max_images)
-    _registered(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+    check_datasets_registered(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
     dicts = [d for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
     metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
     return visualize_dataset_dicts(dicts, metadata, output_dir, show, max_images)

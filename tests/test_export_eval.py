@@ -183,9 +183,11 @@ def test_torchscript_eval_equals_pytorch(setup):
 
 
 def test_bad_names_are_errors_naming_them(setup, tmp_path):
-    with pytest.raises(ValueError, match="--run-eval 'no_such_set'"):
+    with pytest.raises(ValueError, match="--run-eval names dataset 'no_such_set'"):
         _run_tool(setup, tmp_path, "--run-eval", "no_such_set")
-    with pytest.raises(ValueError, match=f"--calib-dataset '{DATASET}x'.*did you mean"):
+    with pytest.raises(
+        ValueError, match=f"--calib-dataset names dataset '{DATASET}x'.*Did you mean '{DATASET}'"
+    ):
         _run_tool(setup, tmp_path, "--quantize", "--calib-dataset", DATASET + "x")
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         ExportedModel(str(tmp_path / "missing.onnx"))

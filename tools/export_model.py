@@ -39,11 +39,11 @@ from detectron2.utils.logger import setup_logger
 import atss_d2
 from atss_d2.checkpoint import SafeDetectionCheckpointer
 from atss_d2.data import add_dataset_arguments, register_datasets_from_args
+from atss_d2.engine.config import check_datasets_registered
 from atss_d2.export import export_onnx, export_torchscript
 from atss_d2.runtime import (
     ExportedModel,
     ap_lines,
-    check_dataset_name,
     compare_detections,
     evaluate,
     match_detections,
@@ -83,9 +83,9 @@ def check_arguments(args, cfg):
     if args.calib_images < 1:
         raise ValueError(f"--calib-images must be at least 1, got {args.calib_images}")
     if args.quantize:
-        check_dataset_name(calibration_dataset(args, cfg), "--calib-dataset")
+        check_datasets_registered([calibration_dataset(args, cfg)], "--calib-dataset")
     if args.run_eval:
-        check_dataset_name(args.run_eval, "--run-eval")
+        check_datasets_registered([args.run_eval], "--run-eval")
     if (
         cfg.MODEL.WEIGHTS
         and not os.path.isfile(cfg.MODEL.WEIGHTS)

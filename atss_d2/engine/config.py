@@ -27,6 +27,7 @@ __all__ = [
     "ConfigError",
     "check_atss_config",
     "check_dataset_classes",
+    "check_datasets_registered",
     "check_num_classes",
     "merge_config_file",
     "merge_config_opts",
@@ -157,7 +158,9 @@ def merge_config_opts(cfg: CfgNode, opts: List[str]) -> CfgNode:
     return cfg
 
 
-def _check_datasets_registered(names: Iterable[str], key: str) -> None:
+def check_datasets_registered(names: Iterable[str], key: str) -> None:
+    """Raise ConfigError, naming ``key``, the close names and how to register one, for the first
+    of ``names`` not registered in detectron2's DatasetCatalog, or whose files are not on disk."""
     registered = DatasetCatalog.list()
     for name in names:
         if name not in registered:
@@ -259,11 +262,11 @@ def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
         check_batch_divisible(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
         if not cfg.DATASETS.TRAIN:
             raise ConfigError("DATASETS.TRAIN is empty; name at least one training dataset")
-        _check_datasets_registered(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+        check_datasets_registered(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
         for key in ("MAX_ITER", "CHECKPOINT_PERIOD", "IMS_PER_BATCH"):
             if cfg.SOLVER[key] <= 0:
                 raise ConfigError(f"SOLVER.{key} must be positive, got {cfg.SOLVER[key]}")
-    _check_datasets_registered(cfg.DATASETS.TEST, "DATASETS.TEST")
+    check_datasets_registered(cfg.DATASETS.TEST, "DATASETS.TEST")
     names = (list(cfg.DATASETS.TRAIN) if train else []) + list(cfg.DATASETS.TEST)
     unchecked = check_num_classes(cfg, names)
     if unchecked:

@@ -45,9 +45,9 @@ from .amp import amp_trainer_class
 from .checkpoint import SafeAtomicCheckpointer
 from .config import (
     ConfigError,
-    _check_datasets_registered,
     check_batch_divisible,
     check_dataset_classes,
+    check_datasets_registered,
     check_device,
 )
 from .predictor import warn_if_head_untrained
@@ -186,11 +186,11 @@ def check_lazy_config(cfg: DictConfig, *, train: bool = True) -> None:
             if value <= 0:
                 raise ConfigError(f"train.{key} must be positive, got {value}")
         train_names = _dataset_names(cfg.dataloader.train)
-        _check_datasets_registered(train_names, "dataloader.train.dataset.names")
+        check_datasets_registered(train_names, "dataloader.train.dataset.names")
         names += train_names
     if "test" in cfg.dataloader:
         test_names = _dataset_names(cfg.dataloader.test)
-        _check_datasets_registered(test_names, "dataloader.test.dataset.names")
+        check_datasets_registered(test_names, "dataloader.test.dataset.names")
         names += test_names
     _check_classes(cfg, names)
 
