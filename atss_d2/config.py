@@ -81,6 +81,13 @@ def add_atss_config(cfg):
     # Weights and activations in the channels-last memory format (NHWC): the same results,
     # faster convolutions on CPUs with oneDNN, above all in bfloat16 (SOLVER.AMP.ENABLED).
     _C.MODEL.ATSS.CHANNELS_LAST = False
+    # Inference on CUDA: replay the backbone and head from a CUDA graph captured once per padded
+    # input shape (the decoding, top-k and NMS stay eager). Same detections, far fewer kernel
+    # launches; pays off where the input shapes repeat (a camera, a fixed-size deployment, a
+    # benchmark), not where nearly every image has its own shape. Ignored on the CPU.
+    _C.MODEL.ATSS.CUDA_GRAPHS = False
+    # Graphs kept, least recently used dropped first; each holds one forward pass's activations.
+    _C.MODEL.ATSS.CUDA_GRAPHS_MAX_SHAPES = 8
     # Test-time augmentation (on with detectron2's TEST.AUG.ENABLED; views from TEST.AUG.MIN_SIZES,
     # MAX_SIZE and FLIP): how the detections of all views are merged, in the frame of the first
     # view. "nms": class-aware NMS at NMS_THRESH_TEST. "vote" (the authors' multi-scale test,

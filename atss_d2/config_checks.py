@@ -140,6 +140,9 @@ def check_atss_config(cfg: CfgNode) -> None:
     _within("MODEL.ATSS.NMS_THRESH_TEST", a.NMS_THRESH_TEST, 0.0, 1.0)
     _one_of("MODEL.ATSS.SCORE_MODE", a.SCORE_MODE, ("sqrt", "product"))
     _at_least("MODEL.ATSS.SIZE_DIVISIBILITY", a.SIZE_DIVISIBILITY, 0)
+    if not isinstance(a.CUDA_GRAPHS, bool):
+        _fail("MODEL.ATSS.CUDA_GRAPHS", a.CUDA_GRAPHS, "expected True or False")
+    _at_least("MODEL.ATSS.CUDA_GRAPHS_MAX_SHAPES", a.CUDA_GRAPHS_MAX_SHAPES, 1)
     _one_of("MODEL.ATSS.TTA_MERGE", a.TTA_MERGE, ("nms", "vote", "soft_vote"))
     _within("MODEL.ATSS.TTA_VOTE_THRESH", a.TTA_VOTE_THRESH, 0.0, 1.0)
     _within("MODEL.ATSS.TTA_SOFT_VOTE_SCORE_THRESH", a.TTA_SOFT_VOTE_SCORE_THRESH, 0.0, 1.0)
