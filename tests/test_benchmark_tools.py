@@ -63,3 +63,34 @@ def test_data_benchmark_runs_both_mappers(tmp_path):
         assert row["median_images_per_s"] > 0
     assert result["ratio_atss_d2_over_detectron2"]["0"] > 0
     assert json.loads(out.read_text())["machine"]["cpu_count"] >= 1
+
+
+def test_model_benchmark_batches_graph_row_and_targets(tmp_path):
+    """tools/benchmark.py on tiny images: a table per inference batch with per-image times, the
+    CUDA-graph row (eager on the CPU) giving eager ATSS's detections, and the ratios marked
+    against the CPU targets."""
+    tool = _load("benchmark")
+    argv = ["--sizes", "96x128", "--infer-batch", "1", "2", "--train-size", "96x128"]
+    argv += ["--batch", "1", "--num-gt", "5", "--iters", "1", "--warmup", "0", "--threads", "1"]
+    argv += ["--models", "atss", "fcos", "--cuda-graphs", "--no-memory", "--no-ops"]
+    assert tool.main(argv + ["--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "benchmark.json").read_text())
+    assert list(result["inference"]) == ["96x128, batch 1", "96x128, batch 2"]
+    for batch, table in zip((1, 2), result["inference"].values()):
+        assert set(table) == {"atss", "fcos", "atss_graphs"}
+        for row in table.values():
+            assert len(row["detections"]) == batch
+            assert row["ms_per_image"] == pytest.approx(row["median_ms"] / batch)
+            assert row["padded_input"] == [batch, 3, 96, 128]  # 96x128: already multiples of 32
+        assert table["atss_graphs"]["agreement"]["exact"]
+        assert table["atss_graphs"]["agreement"]["graphs_captured"] == 0  # the CPU is eager
+        assert table["atss_graphs"]["detections"] == table["atss"]["detections"]
+    assert set(result["train"]) == {"atss", "fcos"}  # the graph row does not train
+    ratios = {tuple(name): (target, value) for name, target, value in result["ratios"]}
+    targets = tool.TARGETS["cpu"]
+    for key in result["inference"]:
+        for row in (f"inference {key}", f"inference {key} (atss_graphs)"):
+            target, value = ratios[(row, "fcos")]
+            assert target == targets[("inference", "fcos")] and value > 0
+    assert ratios[("train_step", "fcos")][0] == targets[("train_step", "fcos")]
+    assert tool.TARGETS["cuda"][("inference", "retinanet")] == 0.90

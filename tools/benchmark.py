@@ -8,6 +8,7 @@ in sample selection (each model's ``label_anchors``).
     python tools/benchmark.py --device cuda --out output/benchmark
     python tools/benchmark.py --quick                 # smoke run, small images
     python tools/benchmark.py --onnx --no-train       # + ATSS exported to ONNX Runtime (CPU)
+    python tools/benchmark.py --device cuda --infer-batch 1 8 --cuda-graphs
 
 What is compared (all random weights, R-50-FPN, P3-P7, 80 classes):
 - Same ResNet-50 bottom-up for the three (ATSS's config: torchvision-style stride in the 3x3
@@ -33,6 +34,11 @@ What is compared (all random weights, R-50-FPN, P3-P7, 80 classes):
 - Padding: all three pad the image to a multiple of 32, as they ship (ATSS as both references;
   detectron2 0.6's ``FPN.size_divisibility`` is the stride of its last *input* feature, res5):
   the same 800x1344 tensor for 800x1333. The JSON records each model's padded input shape.
+- Inference batches (``--infer-batch``): each model gets the same batch of N images of one size
+  per call; times are per call, also reported per image.
+- ``--cuda-graphs``: a row ``atss_graphs``, the same ATSS weights with ``MODEL.ATSS.CUDA_GRAPHS``
+  (backbone and head replayed from a CUDA graph per input shape; on the CPU it runs eagerly),
+  its detections compared with eager ATSS's like the float32 ONNX row's.
 - Training: SGD step (forward, backward, optimizer step) on the same batch, ``--num-gt`` random
   boxes per image. ``label_anchors`` is timed inside the step (with a device sync around it).
 - Peak memory: CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated before (model,
@@ -71,13 +77,22 @@ from bench_common import (  # noqa: E402
 from torch import nn
 
 MIB = 1024 * 1024
-# Speed targets: the largest ratio ATSS / baseline of the median time (inference per image,
-# training step) that counts as met; the report marks each ratio met or MISSED.
+# Speed targets per device type: the largest ratio ATSS / baseline of the median time
+# (inference call, training step) that counts as met; the report marks each ratio met or MISSED.
 TARGETS = {
-    ("inference", "retinanet"): 0.80,
-    ("inference", "fcos"): 1.00,
-    ("train_step", "fcos"): 1.05,
+    "cpu": {
+        ("inference", "retinanet"): 0.80,
+        ("inference", "fcos"): 1.00,
+        ("train_step", "fcos"): 1.05,
+    },
+    "cuda": {
+        ("inference", "retinanet"): 0.90,
+        ("inference", "fcos"): 1.00,
+        ("train_step", "fcos"): 1.05,
+    },
 }
+# Rows timed as ATSS: eager, and with CUDA graphs (``--cuda-graphs``).
+ATSS_ROWS = ("atss", "atss_graphs")
 # ONNX Runtime rows (``--onnx``): the largest latency ratio to eager ATSS that counts as met.
 ONNX_TARGETS = {"atss_onnx": 0.60, "atss_onnx_int8": 0.40}
 
@@ -202,6 +217,7 @@ BUILDERS: Dict[str, Callable] = {
 }
 DESCRIPTIONS = {
     "atss": "atss_d2 ATSS, P6 from P5",
+    "atss_graphs": "atss_d2 ATSS, MODEL.ATSS.CUDA_GRAPHS (backbone + head replayed)",
     "retinanet": "detectron2 RetinaNet (stock), P6 from res5",
     "fcos": "detectron2 FCOS (GN head), P6 from P5",
     "atss_onnx": "ATSS exported to ONNX, float32, ONNX Runtime CPU",
@@ -383,27 +399,28 @@ def print_report(result: dict) -> List[str]:
         f"device {s['device']} ({result['machine'].get('gpu') or result['machine']['cpu']}), "
         f"torch {result['machine']['torch']}, {result['machine']['torch_threads']} threads"
     )
-    for size in s["sizes"]:
-        key = f"{size[0]}x{size[1]}"
+    for key, table in result["inference"].items():
         lines.append(
-            f"\nInference, one {key} image, median of {s['iters']} after {s['warmup']} "
-            f"warm-up (scores: {s['scores']})"
+            f"\nInference, {key} (HxW, images per call), median of {s['iters']} after "
+            f"{s['warmup']} warm-up (scores: {s['scores']})"
         )
-        lines.append(f"{'model':<15} {'ms/img':>9} {'extra MiB':>10}  description")
-        for name, r in result["inference"][key].items():
+        lines.append(f"{'model':<15} {'ms/call':>9} {'ms/img':>9} {'extra MiB':>10}  description")
+        for name, r in table.items():
             lines.append(
-                f"{name:<15} {r['median_ms']:>9.1f} {r['memory']['extra_mib']:>10.0f}  "
-                f"{DESCRIPTIONS[name]}"
+                f"{name:<15} {r['median_ms']:>9.1f} {r['ms_per_image']:>9.1f} "
+                f"{r['memory']['extra_mib']:>10.0f}  {DESCRIPTIONS[name]}"
             )
-        onnx_rows = [n for n in ONNX_TARGETS if n in result["inference"][key]]
+            if "agreement" in r and name not in ONNX_TARGETS:
+                lines.append(f"{'':<15} vs eager atss: {r['agreement']['verdict']}")
+        onnx_rows = [n for n in ONNX_TARGETS if n in table]
         if onnx_rows:
-            eager = result["inference"][key]["atss"]["median_ms"]
+            eager = table["atss"]["median_ms"]
             lines.append(
                 f"ONNX Runtime ({s['onnx_threads']} intra-op threads) vs eager atss "
                 f"({eager:.1f} ms), same run, same input:"
             )
             for name in onnx_rows:
-                r = result["inference"][key][name]
+                r = table[name]
                 value = ratio(r["median_ms"], eager)
                 target = ONNX_TARGETS[name]
                 mark = "met" if value <= target else "MISSED"
@@ -444,7 +461,7 @@ def print_report(result: dict) -> List[str]:
             if target is None
             else f"  target <= {target:.2f}: " + ("met" if value <= target else "MISSED")
         )
-        lines.append(f"  {what:<26} ATSS/{base:<10} {value:6.3f}{mark}")
+        lines.append(f"  {what:<44} /{base:<10} {value:6.3f}{mark}")
     share = result["train"].get("atss", {}).get("label_anchors_share")
     if share is not None:
         lines.append(
@@ -466,7 +483,7 @@ def plot(result: dict, path: str) -> None:
     infer = result["inference"][key]
     train = result["train"]
     panels = [
-        (f"inference ms / image ({key})", {k: v["median_ms"] for k, v in infer.items()}),
+        (f"inference ms / image ({key})", {k: v["ms_per_image"] for k, v in infer.items()}),
         ("training step ms", {k: v["median_ms"] for k, v in train.items()}),
         (
             "peak extra memory, training (MiB)",
@@ -479,6 +496,7 @@ def plot(result: dict, path: str) -> None:
     ]
     colors = {
         "atss": "tab:green",
+        "atss_graphs": "tab:purple",
         "retinanet": "tab:blue",
         "fcos": "tab:orange",
         "atss_onnx": "tab:olive",
@@ -520,6 +538,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--sizes", nargs="+", default=["800x1333"], help="inference sizes HxW")
+    p.add_argument(
+        "--infer-batch", type=int, nargs="+", default=[1], help="images per inference call"
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="also time ATSS with MODEL.ATSS.CUDA_GRAPHS (row atss_graphs; eager on the CPU)",
+    )
     p.add_argument("--train-size", default="800x1333", help="training image size HxW")
     p.add_argument("--batch", type=int, default=2, help="training images per step")
     p.add_argument("--num-gt", type=int, default=50, help="GT boxes per training image")
@@ -582,6 +608,15 @@ def main(argv=None) -> int:
         if args.scores == "dense":
             dense_scores(model)
         models[name] = model
+    if args.cuda_graphs:
+        if "atss" not in models:
+            raise SystemExit("--cuda-graphs: needs atss among --models")
+        graphed_cfg = cfg.clone()
+        graphed_cfg.MODEL.ATSS.CUDA_GRAPHS = True
+        graphed_cfg.MODEL.ATSS.CUDA_GRAPHS_MAX_SHAPES = max(8, len(args.sizes))
+        graphed = build_atss(graphed_cfg).to(device)
+        graphed.load_state_dict(models["atss"].state_dict())  # dense_scores' biases included
+        models["atss_graphs"] = graphed
 
     sizes = [parse_size(s) for s in args.sizes]
     train_size = parse_size(args.train_size)
@@ -599,6 +634,7 @@ def main(argv=None) -> int:
             "sizes": sizes,
             "train_size": train_size,
             "batch": args.batch,
+            "infer_batch": args.infer_batch,
             "num_gt": args.num_gt,
             "iters": args.iters,
             "warmup": args.warmup,
@@ -611,43 +647,19 @@ def main(argv=None) -> int:
         "train": {},
     }
     for size in sizes:
-        key = f"{size[0]}x{size[1]}"
-        inputs = _to_device(make_inputs(size, 1, 0, args.seed, with_gt=False), device)
-        steps = {k: Infer(m, inputs) for k, m in models.items()}
-        runners = dict(models)
-        for name, runner in onnx_models.items():
-            steps[name] = runners[name] = OnnxInfer(runner, inputs[0]["image"])
-        times, _ = round_robin(steps, runners, device, args.iters, args.warmup, f"inference {key}")
-        result["inference"][key] = {}
-        for name, fn in steps.items():
-            entry = {
-                "times_ms": [1000 * t for t in times[name]],
-                "median_ms": 1000 * median(times[name]),
-            }
-            instances = fn()[0]["instances"]
-            entry["detections"] = len(instances)
-            if name in onnx_models:
-                eager = steps["atss"]()[0]["instances"]
-                entry["agreement"] = onnx_agreement(name, eager, instances)
-            else:
-                with torch.no_grad():
-                    padded = models[name].preprocess_image(inputs).tensor.shape
-                entry["padded_input"] = list(padded)
-            entry["memory"] = ({} if args.no_memory else peak_memory(fn, device)) or {
-                "extra_mib": float("nan")
-            }
-            if not args.no_ops and name not in onnx_models:
-                entry["aten_ops"] = count_ops(fn)
-            result["inference"][key][name] = entry
+        for batch in args.infer_batch:
+            key = f"{size[0]}x{size[1]}, batch {batch}"
+            result["inference"][key] = infer_table(models, onnx_models, size, batch, device, args)
 
     if not args.no_train:
+        train_models = {k: m for k, m in models.items() if k != "atss_graphs"}
         inputs = _to_device(
             make_inputs(train_size, args.batch, args.num_gt, args.seed + 1, True), device
         )
-        steps = {k: TrainStep(m, inputs) for k, m in models.items()}
+        steps = {k: TrainStep(m, inputs) for k, m in train_models.items()}
         times, label = round_robin(
             steps,
-            models,
+            train_models,
             device,
             args.iters,
             args.warmup,
@@ -673,34 +685,15 @@ def main(argv=None) -> int:
                 model.label_anchors_ops = None
             result["train"][name] = entry
 
-    ratios = []
-    key = f"{sizes[0][0]}x{sizes[0][1]}"
-    for base in ("retinanet", "fcos"):
-        for what, table in (
-            ("inference", result["inference"].get(key, {})),
-            ("train_step", result["train"]),
-        ):
-            if "atss" in table and base in table:
-                value = ratio(table["atss"]["median_ms"], table[base]["median_ms"])
-                ratios.append(((what, base), TARGETS.get((what, base)), value))
-        for what, table in (
-            ("inference memory", result["inference"].get(key, {})),
-            ("train memory", result["train"]),
-        ):
-            if "atss" in table and base in table and not args.no_memory:
-                value = ratio(
-                    table["atss"]["memory"]["extra_mib"], table[base]["memory"]["extra_mib"]
-                )
-                ratios.append(((what, base), None, value))
-    result["ratios"] = ratios
-    table = result["inference"].get(key, {})
+    result["ratios"] = speed_ratios(result, device, args.no_memory)
+    first = next(iter(result["inference"].values()), {})
     result["onnx_ratios"] = {
         name: {
-            "ratio_to_eager_atss": ratio(table[name]["median_ms"], table["atss"]["median_ms"]),
+            "ratio_to_eager_atss": ratio(first[name]["median_ms"], first["atss"]["median_ms"]),
             "target": target,
         }
         for name, target in ONNX_TARGETS.items()
-        if name in table
+        if name in first
     }
 
     print()
@@ -713,6 +706,83 @@ def main(argv=None) -> int:
             plot(result, os.path.join(args.out, "benchmark.png"))
     print(f"\nwrote {args.out}/benchmark.json and benchmark.png")
     return 0
+
+
+def infer_table(models, onnx_models, size, batch, device, args) -> Dict[str, dict]:
+    """Every model on the same batch of ``batch`` images of ``size``, timed round robin."""
+    from atss_d2.runtime import compare_detections
+
+    key = f"{size[0]}x{size[1]}, batch {batch}"
+    inputs = _to_device(make_inputs(size, batch, 0, args.seed, with_gt=False), device)
+    steps = {k: Infer(m, inputs) for k, m in models.items()}
+    runners = dict(models)
+    if batch == 1:  # the exported models take one image
+        for name, runner in onnx_models.items():
+            steps[name] = runners[name] = OnnxInfer(runner, inputs[0]["image"])
+    times, _ = round_robin(steps, runners, device, args.iters, args.warmup, f"inference {key}")
+    table = {}
+    for name, fn in steps.items():
+        entry = {
+            "times_ms": [1000 * t for t in times[name]],
+            "median_ms": 1000 * median(times[name]),
+            "ms_per_image": 1000 * median(times[name]) / batch,
+        }
+        outputs = fn()
+        entry["detections"] = [len(out["instances"]) for out in outputs]
+        if name in onnx_models:
+            eager = steps["atss"]()[0]["instances"]
+            entry["agreement"] = onnx_agreement(name, eager, outputs[0]["instances"])
+        else:
+            with torch.no_grad():
+                padded = models[name].preprocess_image(inputs).tensor.shape
+            entry["padded_input"] = list(padded)
+        entry["memory"] = ({} if args.no_memory else peak_memory(fn, device)) or {
+            "extra_mib": float("nan")
+        }
+        if not args.no_ops and name not in onnx_models:
+            entry["aten_ops"] = count_ops(fn)
+        table[name] = entry
+    if "atss_graphs" in table:
+        eager = steps["atss"]()
+        graphed = steps["atss_graphs"]()
+        verdicts = [
+            compare_detections(e["instances"], g["instances"]) for e, g in zip(eager, graphed)
+        ]
+        exact = all(ok for ok, _ in verdicts)
+        table["atss_graphs"]["agreement"] = {
+            "exact": exact,
+            "verdict": (
+                f"same detections in all {batch} images (first: {verdicts[0][1]})"
+                if exact
+                else "; ".join(v for ok, v in verdicts if not ok)
+            ),
+            "graphs_captured": models["atss_graphs"].cuda_graphs.captures,
+        }
+    return table
+
+
+def speed_ratios(result: dict, device: str, no_memory: bool) -> list:
+    """((what, baseline), target or None, ATSS / baseline) for every inference table and the
+    training step: time for each ATSS row, memory for eager ATSS."""
+    targets = TARGETS["cuda" if device.startswith("cuda") else "cpu"]
+    ratios = []
+    tables = [(f"inference {key}", "inference", t) for key, t in result["inference"].items()]
+    tables.append(("train_step", "train_step", result["train"]))
+    for base in ("retinanet", "fcos"):
+        for label, what, table in tables:
+            if base not in table:
+                continue
+            for row in ATSS_ROWS:
+                if row in table:
+                    value = ratio(table[row]["median_ms"], table[base]["median_ms"])
+                    name = label if row == "atss" else f"{label} ({row})"
+                    ratios.append(((name, base), targets.get((what, base)), value))
+            if "atss" in table and not no_memory:
+                value = ratio(
+                    table["atss"]["memory"]["extra_mib"], table[base]["memory"]["extra_mib"]
+                )
+                ratios.append(((f"{label} memory", base), None, value))
+    return ratios
 
 
 if __name__ == "__main__":
