@@ -23,6 +23,7 @@ def matcher_report(tmp_path_factory):
     tool = _load("benchmark_matcher")
     argv = ["--height", "160", "--width", "224", "--gts", "20", "--big", "300", "--iters", "1"]
     argv += ["--warmup", "0", "--threads", "1", "--batches", "1", "4", "--out", str(out)]
+    argv += ["--gt-chunks", "7"]
     code = tool.main(argv)
     return code, json.loads((out / "matcher.json").read_text())
 
@@ -33,6 +34,9 @@ def test_matcher_benchmark_checks_identity(matcher_report):
     assert [r["num_gt"] for r in report["rows"]] == [20, 300]
     assert all(r["identical_to_exhaustive"] for r in report["rows"])
     assert report["rows"][1]["atss_d2_extra_mb"] < 512
+    # Chunks of 7 GTs (3 for 20 GTs, 43 for 300) give the default chunk's assignments.
+    assert [(c["gt_chunk"], c["num_gt"]) for c in report["chunks"]] == [(7, 20), (7, 300)]
+    assert all(c["identical"] for c in report["chunks"])
 
 
 def test_batched_selection_dispatches_fewer_ops(matcher_report):
