@@ -138,7 +138,9 @@ def patch_setup_py(src_dir):
         f.write(text)
 
 
-def build_fallback(workdir):
+def build_fallback(workdir, wheel_dir=None):
+    """Download, verify and prepare the sdist in ``workdir``; install it with its dependencies,
+    or with ``wheel_dir``, only write its wheel (pure Python: any Python 3) there."""
     step = "download pb1-detectron2 sdist"
     pip(
         "download",
@@ -180,6 +182,10 @@ def build_fallback(workdir):
     with open(os.path.join(src, "detectron2", "_C.py"), "w") as f:
         f.write(PLACEHOLDER_C)
 
+    if wheel_dir is not None:
+        step = "build the pure-Python detectron2 wheel"
+        pip("wheel", "--no-deps", "--no-build-isolation", "-w", wheel_dir, src, step=step)
+        return
     step = "install detectron2 dependencies"
     pip("install", *FALLBACK_REQUIREMENTS, step=step)
     step = "install pure-Python detectron2"
@@ -193,10 +199,24 @@ def main():
         action="store_true",
         help="build the pure-Python fallback even if detectron2 is importable",
     )
+    parser.add_argument(
+        "--wheel-dir",
+        default=None,
+        help="only build the pure-Python fallback's wheel into this folder (nothing installed; "
+        "for machines without a package index, see tools/make_wheelhouse.py)",
+    )
     args = parser.parse_args()
 
     if importlib.util.find_spec("torch") is None:
         fail("check torch", "torch must be installed first (detectron2's setup.py imports it)")
+    if args.wheel_dir:
+        os.makedirs(args.wheel_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="atss_d2-detectron2-") as workdir:
+            build_fallback(workdir, os.path.abspath(args.wheel_dir))
+        print(
+            f"[install_detectron2] wrote the pure-Python detectron2 0.6 wheel to {args.wheel_dir}"
+        )
+        return
     if not args.force_fallback and importlib.util.find_spec("detectron2") is not None:
         print("[install_detectron2] detectron2 is already importable; keeping it")
         return
