@@ -132,6 +132,24 @@ def requirements_of(wheel: str) -> List[str]:
     ]
 
 
+def check_wheelhouse(folder: str):
+    """(the wheels in ``folder``, the distributions they require that it does not hold, sorted).
+    Exits when a distribution is there in several versions (``pip --no-deps`` would install
+    all of them, the last one winning)."""
+    wheels = sorted(glob.glob(os.path.join(folder, "*.whl")))
+    names = {}
+    for wheel in wheels:
+        names.setdefault(_normal(os.path.basename(wheel).split("-")[0]), []).append(wheel)
+    twice = sorted(n for n, w in names.items() if len(w) > 1)
+    if twice:
+        raise SystemExit(
+            f"[wheelhouse] {folder} holds several versions of {twice}; "
+            "pip --no-deps would install them all: remove the old ones"
+        )
+    needed = {r for wheel in wheels for r in requirements_of(wheel) if _normal(r) not in names}
+    return wheels, sorted(needed, key=str.lower)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--python-version", default="3.12", help="the target's Python, e.g. 3.12")
@@ -148,37 +166,28 @@ def main(argv=None) -> int:
         binary += [pinned(n, v) if v else n for n, v in MMDET.items() if n not in skip]
     download(binary, args.out, args.python_version)
     source = [pinned(n) for n in SOURCE_ONLY if n not in skip]
-    pip(
-        "wheel",
-        "--no-deps",
-        "--no-build-isolation",
-        "-w",
-        args.out,
-        *source,
-        what="build wheels of " + " ".join(source),
-    )
+    if source:
+        pip(
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            args.out,
+            *source,
+            what="build wheels of " + " ".join(source),
+        )
     if "detectron2" not in skip:
         script = os.path.join(ROOT, "tools", "install_detectron2.py")
         cmd = [sys.executable, script, "--wheel-dir", args.out]
         if subprocess.run(cmd).returncode != 0:
             raise SystemExit("[wheelhouse] FAILED: build the detectron2 wheel (message above)")
 
-    wheels = sorted(glob.glob(os.path.join(args.out, "*.whl")))
-    names = {}
-    for wheel in wheels:
-        names.setdefault(_normal(os.path.basename(wheel).split("-")[0]), []).append(wheel)
-    twice = {n: w for n, w in names.items() if len(w) > 1}
-    if twice:
-        raise SystemExit(
-            f"[wheelhouse] {args.out} holds several versions of {sorted(twice)}; "
-            "pip --no-deps would install them all: remove the old ones"
-        )
+    wheels, needed = check_wheelhouse(args.out)
     size = sum(os.path.getsize(w) for w in wheels)
     print(f"[wheelhouse] {len(wheels)} wheels, {size / 2**20:.1f} MiB in {args.out}:")
     for wheel in wheels:
         print("   ", os.path.basename(wheel))
-    needed = {r for wheel in wheels for r in requirements_of(wheel) if _normal(r) not in names}
-    print("[wheelhouse] expected on the target:", ", ".join(sorted(needed, key=str.lower)))
+    print("[wheelhouse] expected on the target:", ", ".join(needed))
     return 0
 
 
