@@ -78,7 +78,12 @@ def test_full_run_calls_every_step_with_accepted_options(tmp_path):
     assert "--cuda-graphs" in bench and "--infer-batch 1 8" in bench and "--device cuda" in bench
     assert "--gt-chunks 1024 4096" in next(c for c in calls if "benchmark_matcher" in c)
     log = (out / "gpu_benchmarks.log").read_text()
-    assert "[gpu] all steps passed" in log and log.count("parsed ") == 3
+    assert "[gpu] all steps passed" in log
+    assert [line for line in log.splitlines() if line.startswith("parsed ")] == [
+        "parsed benchmark cuda",
+        "parsed benchmark_matcher cuda",
+        "parsed benchmark_mmdet cuda",
+    ]
 
 
 def test_a_failing_step_is_reported_and_the_others_run(tmp_path):
