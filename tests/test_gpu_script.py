@@ -72,7 +72,7 @@ def test_full_run_calls_every_step_with_accepted_options(tmp_path):
     proc, calls, out = _run_script(tmp_path, quick=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tools = [c.split()[0] for c in calls if c.startswith("tools/")]
-    assert tools == ["tools/benchmark.py", "tools/benchmark_matcher.py", "tools/benchmark_mmdet.py"]
+    assert tools == ["tools/benchmark.py", "tools/benchmark_mmdet.py", "tools/benchmark_matcher.py"]
     assert any(c.startswith("-m pytest") and "tests/test_cuda_graphs.py" in c for c in calls)
     bench = next(c for c in calls if c.startswith("tools/benchmark.py"))
     assert "--cuda-graphs" in bench and "--infer-batch 1 8" in bench and "--device cuda" in bench
@@ -81,18 +81,19 @@ def test_full_run_calls_every_step_with_accepted_options(tmp_path):
     assert "[gpu] all steps passed" in log
     assert [line for line in log.splitlines() if line.startswith("parsed ")] == [
         "parsed benchmark cuda",
-        "parsed benchmark_matcher cuda",
         "parsed benchmark_mmdet cuda",
+        "parsed benchmark_matcher cuda",
     ]
 
 
 def test_a_failing_step_is_reported_and_the_others_run(tmp_path):
-    proc, calls, out = _run_script(tmp_path, quick=True, fail="benchmark_matcher")
+    proc, calls, out = _run_script(tmp_path, quick=True, fail="benchmark")
     assert proc.returncode == 1
     assert not any(c.startswith("-m pytest") for c in calls)  # QUICK=1 runs no tests
-    assert sum(c.startswith("tools/") for c in calls) == 3  # the mmdet step still ran
+    assert sum(c.startswith("tools/") for c in calls) == 3  # the steps after it ran too
     log = (out / "gpu_benchmarks.log").read_text()
-    assert "[gpu] FAILED: benchmark_matcher.py (exit 3)" in log
+    assert "[gpu] FAILED: benchmark.py (exit 3)" in log
+    assert "[gpu] === benchmark_matcher.py: exit 0" in log
 
 
 def _wheel(folder, name, version, requires):
