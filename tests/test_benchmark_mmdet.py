@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_setup import load_script
 
 import atss_d2  # noqa: F401  (its warning filters, before mmdetection imports detectron2's deps)
 
@@ -19,15 +20,7 @@ HAS_MMDET = importlib.util.find_spec("mmdet") is not None
 needs_mmdet = pytest.mark.skipif(not HAS_MMDET, reason="mmdet is not importable")
 
 
-def _load_tool():
-    path = REPO / "tools" / "benchmark_mmdet.py"
-    spec = importlib.util.spec_from_file_location("benchmark_mmdet", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_script("tools/benchmark_mmdet.py")
 LN3 = math.log(3.0)
 
 

@@ -1,20 +1,17 @@
 """tools/benchmark_matcher.py on a small image: identical results, and the batched selection
 dispatches fewer ops than one match per image (ops are counted, not timed)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from tiny_setup import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"tools/{name}.py")
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.config import get_cfg
+from tiny_setup import load_script
 
 from atss_d2 import add_atss_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_tool():
-    path = REPO / "tools" / "check_mmdet_parity.py"
-    spec = importlib.util.spec_from_file_location("check_mmdet_parity", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_script("tools/check_mmdet_parity.py")
 
 
 def test_batches_have_the_sizes_and_ground_truth_described():

@@ -3,14 +3,13 @@ trains, is evaluated, and gets a finite AP in the table and in results.json. Plu
 iterations teach nothing, so the APs are only checked to be finite and in [0, 100] (a model that
 never detects passes); no test here compares the detectors' quality."""
 
-import importlib.util
 import json
 import math
 import uuid
 from pathlib import Path
 
 import pytest
-from tiny_setup import TINY_SHAPES_OPTS, tiny_shapes
+from tiny_setup import TINY_SHAPES_OPTS, load_script, tiny_shapes
 
 from atss_d2.data import generate_shapes
 
@@ -22,12 +21,7 @@ TINY_OPTS = [*TINY_SHAPES_OPTS, "SOLVER.WARMUP_ITERS", "2"]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "compare_detectors", REPO / "tools" / "compare_detectors.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/compare_detectors.py")
 
 
 @pytest.fixture(scope="module")

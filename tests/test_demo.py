@@ -10,7 +10,6 @@ final score is known by hand: sqrt(0.6 * 0.25) = 0.3873 (class 0), sqrt(0.18 * 0
 (class 1).
 """
 
-import importlib.util
 import json
 import math
 import runpy
@@ -26,7 +25,15 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
-from tiny_setup import BASE_CONFIG, TINY_OPTS, draw_image, one_torch_thread, registered, tiny_cfg
+from tiny_setup import (
+    BASE_CONFIG,
+    TINY_OPTS,
+    draw_image,
+    load_script,
+    one_torch_thread,
+    registered,
+    tiny_cfg,
+)
 
 import atss_d2.demo
 from atss_d2.demo import (
@@ -63,10 +70,7 @@ def _one_thread():
 
 
 def _demo():
-    spec = importlib.util.spec_from_file_location("atss_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DEMO)
 
 
 def _image(path, height=64, width=80, seed=0):

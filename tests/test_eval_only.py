@@ -4,20 +4,17 @@ evaluate its model_final.pth in a new process; the same AP to the printed precis
 test-time-augmentation results too, and weights files that are missing or unreadable named.
 """
 
-import importlib.util
 import os
 import re
 import subprocess
 import sys
 
 import pytest
-from tiny_setup import REPO, TINY_OPTS, image_dicts, write_coco_json
+from tiny_setup import REPO, TINY_OPTS, image_dicts, load_script, write_coco_json
 
 from atss_d2.checkpoint import CheckpointReadError
 
-_spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
-train_net = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_net)
+train_net = load_script("train_net.py")
 
 DATASET_OPTS = ["DATASETS.TRAIN", "('evo_tiny',)", "DATASETS.TEST", "('evo_tiny',)"]
 # A score threshold of 0 keeps the detections of a barely trained model, so that the AP

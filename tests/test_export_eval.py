@@ -9,7 +9,6 @@ or scaled its boxes differently would lose it.
 """
 
 import contextlib
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -20,7 +19,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
-from tiny_setup import SMALL_MODEL_OPTS, draw_image, write_png
+from tiny_setup import SMALL_MODEL_OPTS, draw_image, load_script, write_png
 
 from atss_d2 import add_atss_config
 from atss_d2.data.mapper import ATSSDatasetMapper
@@ -57,10 +56,7 @@ def _cfg():
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("export_model", ROOT / "tools/export_model.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_script("tools/export_model.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """tools/plot_metrics.py: a PNG of the curves from a metrics.json; clear errors without one."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,16 +7,14 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tiny_setup import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "plot_metrics.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("plot_metrics", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _write_metrics(path: Path):

@@ -4,7 +4,6 @@ SafeDetectionCheckpointer refuse files whose unpickling would call arbitrary Pyt
 read every legitimate format (torch zip / legacy, detectron2 model-zoo .pkl, Detectron blobs).
 """
 
-import importlib.util
 import os
 import pickle
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.engine import hooks
-from tiny_setup import image_dicts, one_torch_thread, registered, tiny_cfg
+from tiny_setup import image_dicts, load_script, one_torch_thread, registered, tiny_cfg
 from torch import nn
 
 from atss_d2.checkpoint import (
@@ -92,11 +91,7 @@ def test_safe_checkpointer_refuses_planted_pickle(tmp_path, kind):
 
 def test_converter_refuses_planted_pickle(tmp_path, capsys):
     marker, files = planted_files(tmp_path)
-    spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint_tool", os.path.join(ROOT, "tools", "convert_checkpoint.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/convert_checkpoint.py")
     for source, path in (
         ("mmdet", files["zip"]),
         ("atss", files["legacy"]),

@@ -2,7 +2,6 @@
 and COCO evaluation gives an AP above a measured threshold. Plumbing only (3 iterations, AP just
 finite): train_net.py trains on it through --coco-dataset; the demo script runs end to end."""
 
-import importlib.util
 import json
 import math
 import uuid
@@ -14,7 +13,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.utils.env import seed_all_rng
 from PIL import Image
-from tiny_setup import TINY_SHAPES_OPTS, tiny_shapes, warm_up_scripted_focal_loss
+from tiny_setup import TINY_SHAPES_OPTS, load_script, tiny_shapes, warm_up_scripted_focal_loss
 
 import atss_d2
 from atss_d2.data import generate_shapes, register_coco_dataset
@@ -36,10 +35,7 @@ def one_thread():
 
 
 def _script(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path)
 
 
 def _train_net():

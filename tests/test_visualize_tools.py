@@ -10,7 +10,6 @@ thing_dataset_id_to_contiguous_id {3: 0, 7: 1}.
 """
 
 import contextlib
-import importlib.util
 import io
 import json
 import uuid
@@ -23,7 +22,7 @@ from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.colormap import colormap
 from PIL import Image
-from tiny_setup import BASE_CONFIG, TINY_OPTS, image_dicts, registered, write_coco_json
+from tiny_setup import BASE_CONFIG, TINY_OPTS, image_dicts, load_script, registered, write_coco_json
 
 from atss_d2.analysis import (
     confusion_matrix,
@@ -40,10 +39,7 @@ DATASET_IDS = {0: 3, 1: 7}  # contiguous class -> category id in the tiny COCO j
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"tools/{name}.py")
 
 
 def _gt(box, category, crowd=0):

@@ -1,10 +1,12 @@
 """
 Shared pieces of the robustness tests: a tiny ATSS config (R-18, 64-channel FPN, one tower conv,
-64-96 px images, CPU) and tiny image datasets written to a temporary directory.
+64-96 px images, CPU), tiny image datasets written to a temporary directory, and the repository's
+scripts loaded as modules.
 """
 
 import contextlib
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -25,6 +27,19 @@ from atss_d2 import add_atss_config
 from atss_d2.data import ShapesSpec
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(path):
+    """A script of the repository (e.g. ``"tools/benchmark.py"``, relative to the repository
+    root, or an absolute path) imported as a module named after its file; its
+    ``if __name__ == "__main__"`` block does not run."""
+    path = Path(path) if Path(path).is_absolute() else REPO / path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 BASE_CONFIG = REPO / "configs" / "Base-ATSS.yaml"
 CLASSES = ("square", "disc")
 
