@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tiny_setup import gloo_process_group
+from tiny_setup import bare_atss, gloo_process_group
 
 # Every worker's anchors are copies of this box, decoded with deltas (1, 0, 5 ln 2, 0) to
 # [-4, 0, 16, 10]: against the GT (the anchor itself) GIoU loss 0.5, centerness target 1.
@@ -59,21 +59,8 @@ def _bce(x, t):
 def _worker(rank, world_size, rendezvous_file, out_dir):
     with gloo_process_group(rank, world_size, rendezvous_file, timeout_s=60):
         from detectron2.structures import Boxes
-        from torch import nn
 
-        from atss_d2.modeling import ATSS, ATSSBoxCoder, ATSSMatcher
-
-        model = ATSS(
-            backbone=nn.Identity(),
-            head=nn.Identity(),
-            head_in_features=["p3"],
-            anchor_generator=nn.Identity(),
-            box_coder=ATSSBoxCoder(),
-            matcher=ATSSMatcher(9),
-            num_classes=NUM_CLASSES,
-            pixel_mean=[0.0, 0.0, 0.0],
-            pixel_std=[1.0, 1.0, 1.0],
-        )
+        model = bare_atss(NUM_CLASSES)
         results = {}
         for name, labels in SCENARIOS.items():
             n = len(labels[rank])

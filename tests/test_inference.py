@@ -9,27 +9,17 @@ import math
 import pytest
 import torch
 from detectron2.structures import Boxes
+from tiny_setup import bare_atss
 from torch import nn
 
-from atss_d2.modeling import ATSS, ATSSBoxCoder, ATSSMatcher
+from atss_d2.modeling import ATSS
 
 K = 3
 
 
 def make_atss(**kwargs) -> ATSS:
-    args = dict(
-        backbone=nn.Identity(),
-        head=nn.Identity(),
-        head_in_features=["p3"],
-        anchor_generator=nn.Identity(),
-        box_coder=ATSSBoxCoder(),
-        matcher=ATSSMatcher(9),
-        num_classes=K,
-        pixel_mean=[0.0, 0.0, 0.0],
-        pixel_std=[1.0, 1.0, 1.0],
-    )
-    args.update(kwargs)
-    return ATSS(**args)
+    """An ATSS whose loss/inference code can be called directly (no backbone or head needed)."""
+    return bare_atss(K, **kwargs)
 
 
 def logit(p: float) -> float:

@@ -10,10 +10,9 @@ import math
 import pytest
 import torch
 from detectron2.structures import Boxes
-from tiny_setup import bce, focal, sigmoid
-from torch import nn
+from tiny_setup import bare_atss, bce, focal, sigmoid
 
-from atss_d2.modeling import ATSS, ATSSBoxCoder, ATSSMatcher, ATSSPointCoder
+from atss_d2.modeling import ATSS, ATSSBoxCoder, ATSSPointCoder
 from atss_d2.modeling.losses import centerness_target, giou_loss
 
 K = 2  # classes; label K is background
@@ -21,19 +20,7 @@ K = 2  # classes; label K is background
 
 def make_atss(**kwargs) -> ATSS:
     """An ATSS whose loss/inference code can be called directly (no backbone or head needed)."""
-    args = dict(
-        backbone=nn.Identity(),
-        head=nn.Identity(),
-        head_in_features=["p3"],
-        anchor_generator=nn.Identity(),
-        box_coder=ATSSBoxCoder(),
-        matcher=ATSSMatcher(9),
-        num_classes=K,
-        pixel_mean=[0.0, 0.0, 0.0],
-        pixel_std=[1.0, 1.0, 1.0],
-    )
-    args.update(kwargs)
-    return ATSS(**args)
+    return bare_atss(K, **kwargs)
 
 
 def focal_sum(logits, labels) -> float:

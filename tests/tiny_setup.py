@@ -40,6 +40,29 @@ def load_script(path):
     return module
 
 
+def bare_atss(num_classes: int = 3, **kwargs):
+    """An ATSS without backbone, head or anchor generator (identities), whose loss and
+    inference code is called directly with hand-made tensors; ``kwargs`` override the
+    constructor's arguments."""
+    from torch import nn
+
+    from atss_d2.modeling import ATSS, ATSSBoxCoder, ATSSMatcher
+
+    args = dict(
+        backbone=nn.Identity(),
+        head=nn.Identity(),
+        head_in_features=["p3"],
+        anchor_generator=nn.Identity(),
+        box_coder=ATSSBoxCoder(),
+        matcher=ATSSMatcher(9),
+        num_classes=num_classes,
+        pixel_mean=[0.0, 0.0, 0.0],
+        pixel_std=[1.0, 1.0, 1.0],
+    )
+    args.update(kwargs)
+    return ATSS(**args)
+
+
 BASE_CONFIG = REPO / "configs" / "Base-ATSS.yaml"
 CLASSES = ("square", "disc")
 
