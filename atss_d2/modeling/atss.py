@@ -375,11 +375,11 @@ class ATSS(DenseDetector):
             # The authors: positives of the batch averaged over workers, floored at 1.
             normalizer = reduce_mean(num_pos.sum()).clamp(min=1.0)
 
-        logits = cat(pred_logits, dim=1).float()  # (N, R, K)
+        logits = cat(pred_logits, dim=1)[valid].float()  # (V, K)
         target = F.one_hot(gt_labels[valid], self.num_classes + 1)[:, :-1].to(logits.dtype)
         loss_cls = (
             sigmoid_focal_loss_jit(
-                logits[valid],
+                logits,
                 target,
                 alpha=self.focal_loss_alpha,
                 gamma=self.focal_loss_gamma,

@@ -32,16 +32,10 @@ class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
         self.num_batches_tracked = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (
-            x.requires_grad or self.weight.requires_grad or self.bias.requires_grad
-        ):
-            # As FrozenBatchNorm2d: one scale and shift per channel, in the input's dtype (may
-            # be half), differentiable in weight, bias and x.
-            scale = self.weight * (self.running_var + self.eps).rsqrt()
-            shift = self.bias - self.running_mean * scale
-            return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(
-                x.dtype
-            )
+        # What a BatchNorm2d in eval mode computes (mmdetection's norm_eval), in training too:
+        # one fused op, differentiable in x, weight and bias. Its backward computes the three
+        # gradients in one pass from the saved input; the unfused scale-and-shift form keeps
+        # more tensors alive (about 20 MiB more at the end of a 2 x 512 x 640 step's backward).
         return F.batch_norm(
             x,
             self.running_mean,
