@@ -36,9 +36,18 @@ else
 fi
 # detectron2 0.6 names Image.LINEAR, which Pillow 10 removed (it was Image.BILINEAR); Pillow 9
 # has no wheel for Python >= 3.12. Only this run's interpreters see the alias.
+# A sitecustomize.py of the interpreter's own, if any, still runs (it is loaded from here).
 if ! PYTHONPATH="$SITE" "$PY" -c "from PIL import Image; Image.LINEAR" 2>/dev/null; then
-    echo "from PIL import Image as _I; _I.LINEAR = getattr(_I, 'LINEAR', _I.BILINEAR)" \
-        >"$SITE/sitecustomize.py"
+    cat >"$SITE/sitecustomize.py" <<'PYEOF'
+import importlib.machinery, importlib.util, os, sys
+from PIL import Image as _image
+_image.LINEAR = getattr(_image, "LINEAR", _image.BILINEAR)
+_here = os.path.dirname(os.path.abspath(__file__))
+_path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+_spec = importlib.machinery.PathFinder.find_spec("sitecustomize", _path)
+if _spec is not None and _spec.loader is not None:
+    _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
+PYEOF
 fi
 export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT" || exit 1
