@@ -59,7 +59,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -249,7 +249,7 @@ def make_inputs(size, batch: int, num_gt: int, seed: int, with_gt: bool) -> List
     return inputs
 
 
-def _to_device(inputs: List[dict], device: str) -> List[dict]:
+def to_device(inputs: List[dict], device: str) -> List[dict]:
     out = []
     for item in inputs:
         item = dict(item)
@@ -294,8 +294,6 @@ class Infer:
 class OnnxInfer:
     """One image through an exported model in ONNX Runtime (:class:`atss_d2.runtime.ExportedModel`),
     with :class:`Infer`'s output: ``[{"instances": Instances}]``, boxes in the image's size."""
-
-    label_anchors_seconds = 0.0  # round_robin's per-step record; there is no sample selection
 
     def __init__(self, runner, image: torch.Tensor):
         self.runner = runner
@@ -347,12 +345,11 @@ def onnx_agreement(name: str, expected, actual) -> dict:
     return dict(m, verdict=verdict)
 
 
-def round_robin(
-    steps: Dict[str, Callable], models: Dict[str, nn.Module], device, iters, warmup, desc
-):
+def round_robin(steps: Dict[str, Callable], models: Optional[Dict], device, iters, warmup, desc):
     """Times every step ``iters`` times, interleaved across models so that load changes on a
     shared machine hit all of them alike. Returns per model the step times and the
-    ``label_anchors`` time of each step."""
+    ``label_anchors`` time of each step: ``models[name].label_anchors_seconds`` (see
+    :class:`_TimedLabelAnchors`) where ``models`` has the model and it has that counter, else 0."""
     from tqdm import tqdm
 
     times = {k: [] for k in steps}
@@ -364,14 +361,16 @@ def round_robin(
                 bar.update()
         for _ in range(iters):
             for name, fn in steps.items():
-                model = models[name]
-                model.label_anchors_seconds = 0.0
+                model = (models or {}).get(name)
+                timed = hasattr(model, "label_anchors_seconds")
+                if timed:
+                    model.label_anchors_seconds = 0.0
                 sync(device)
                 start = time.perf_counter()
                 fn()
                 sync(device)
                 times[name].append(time.perf_counter() - start)
-                label[name].append(model.label_anchors_seconds)
+                label[name].append(model.label_anchors_seconds if timed else 0.0)
                 bar.update()
     return times, label
 
@@ -653,7 +652,7 @@ def main(argv=None) -> int:
 
     if not args.no_train:
         train_models = {k: m for k, m in models.items() if k != "atss_graphs"}
-        inputs = _to_device(
+        inputs = to_device(
             make_inputs(train_size, args.batch, args.num_gt, args.seed + 1, True), device
         )
         steps = {k: TrainStep(m, inputs) for k, m in train_models.items()}
@@ -713,7 +712,7 @@ def infer_table(models, onnx_models, size, batch, device, args) -> Dict[str, dic
     from atss_d2.runtime import compare_detections
 
     key = f"{size[0]}x{size[1]}, batch {batch}"
-    inputs = _to_device(make_inputs(size, batch, 0, args.seed, with_gt=False), device)
+    inputs = to_device(make_inputs(size, batch, 0, args.seed, with_gt=False), device)
     steps = {k: Infer(m, inputs) for k, m in models.items()}
     runners = dict(models)
     if batch == 1:  # the exported models take one image

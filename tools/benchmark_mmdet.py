@@ -71,9 +71,8 @@ import logging
 import os
 import shlex
 import sys
-import time
 import warnings
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -84,9 +83,15 @@ from bench_common import (  # noqa: E402
     machine_info,
     median,
     mmcv_ext_placeholder,
-    sync,
 )
-from benchmark import dense_scores, make_inputs  # noqa: E402
+from benchmark import (  # noqa: E402
+    dense_scores,
+    make_inputs,
+    parse_size,
+    ratio,
+    round_robin,
+    to_device,
+)
 from check_mmdet_parity import INSTALL_HINT, _torchvision_nms  # noqa: E402
 
 MIB = 1024 * 1024
@@ -343,17 +348,6 @@ def check_test_settings(ours: dict, theirs: dict) -> None:
 # --------------------------------------------------------------------------------------------
 # Inputs and steps
 # --------------------------------------------------------------------------------------------
-def d2_inputs(size, batch: int, num_gt: int, seed: int, with_gt: bool, device: str):
-    """``tools/benchmark.py``'s inputs (uint8 RGB images, random GT), on ``device``."""
-    out = []
-    for item in make_inputs(size, batch, num_gt, seed, with_gt):
-        item = dict(item, image=item["image"].to(device))
-        if "instances" in item:
-            item["instances"] = item["instances"].to(device)
-        out.append(item)
-    return out
-
-
 def mmdet_inputs(inputs: List[dict]) -> dict:
     """The same images and boxes as mmdetection's ``test_step`` / data preprocessor take them:
     ``{"inputs": [uint8 (3, H, W) BGR], "data_samples": [DetDataSample]}``, metainfo of an
@@ -478,25 +472,6 @@ class MMDetTrainStep(AmpTrainStep):
         return loss
 
 
-def round_robin(steps: Dict[str, Callable], device: str, iters: int, warmup: int, desc: str):
-    """Seconds of each of ``iters`` calls of every step after ``warmup`` untimed ones, the
-    steps alternating call by call."""
-    from tqdm import tqdm
-
-    times = {name: [] for name in steps}
-    with tqdm(total=len(steps) * (iters + warmup), desc=desc) as bar:
-        for i in range(warmup + iters):
-            for name, fn in steps.items():
-                sync(device)
-                start = time.perf_counter()
-                fn()
-                sync(device)
-                if i >= warmup:
-                    times[name].append(time.perf_counter() - start)
-                bar.update()
-    return times
-
-
 def peak_train_memory(step: AmpTrainStep, device: str) -> dict:
     """Extra memory of one step above what is allocated before it, gradients freed."""
     step.optimizer.zero_grad(set_to_none=True)
@@ -508,10 +483,6 @@ def peak_train_memory(step: AmpTrainStep, device: str) -> dict:
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
-def ratio(a, b) -> float:
-    return a / b if a and b else float("nan")
-
-
 def _ops_line(ops: dict) -> str:
     if not ops["emulated"]:
         return ops["note"]
@@ -577,11 +548,6 @@ def format_report(result: dict) -> List[str]:
 # --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
-def parse_size(text: str):
-    h, w = text.lower().split("x")
-    return int(h), int(w)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -639,7 +605,9 @@ def run_training(models: dict, args, device: str) -> dict:
     """Time the training steps and measure their peak memory; see the module docstring."""
     device_type = torch.device(device).type
     size = parse_size(args.train_size)
-    inputs = d2_inputs(size, args.train_batch, args.num_gt, args.seed + 1, True, device)
+    inputs = to_device(
+        make_inputs(size, args.train_batch, args.num_gt, args.seed + 1, True), device
+    )
     data = mmdet_inputs(inputs)
 
     def make_steps(precision):
@@ -668,7 +636,7 @@ def run_training(models: dict, args, device: str) -> dict:
     th, tw = size
     warmup = max(args.warmup, 1)  # the call above included
     desc = f"training {th}x{tw}x{args.train_batch}"
-    times = round_robin(steps, device, args.iters, warmup - 1, desc)
+    times, _ = round_robin(steps, None, device, args.iters, warmup - 1, desc)
     out = {"precision": precision, "precision_fallback": fallback, "warmup": warmup, "models": {}}
     out["precision_note"] = _precision_note(precision, device_type)
     for name, step in steps.items():
@@ -754,14 +722,13 @@ def main(argv=None) -> int:
     }
 
     for batch in args.infer_batch:
-        inputs = d2_inputs(size, batch, 0, args.seed, False, device)
+        inputs = to_device(make_inputs(size, batch, 0, args.seed, False), device)
         steps = {
             "atss_d2": D2Infer(d2_model, inputs),
             "mmdet": MMDetInfer(mm_model, mmdet_inputs(inputs)),
         }
-        times = round_robin(
-            steps, device, args.iters, args.warmup, f"inference {size[0]}x{size[1]}x{batch}"
-        )
+        desc = f"inference {size[0]}x{size[1]}x{batch}"
+        times, _ = round_robin(steps, None, device, args.iters, args.warmup, desc)
         entry = {"batch": batch, "models": {}}
         for name, step in steps.items():
             seconds = median(times[name])
