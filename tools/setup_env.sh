@@ -6,6 +6,7 @@
 #   VENV               venv path (default: .venv at the repository root)
 #   PYTHON             interpreter that creates the venv (default: python3)
 #   TORCH_REQUIREMENT  torch/torchvision pins used when torch is not importable in the venv
+#   TORCH_DISK_GB      free space (GB) below which the torch step warns first (default 7)
 #   DETECTRON2_SOURCE  a detectron2 source checkout or archive to install (see README)
 set -uo pipefail
 
@@ -14,6 +15,7 @@ VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_REQUIREMENT="${TORCH_REQUIREMENT:-torch==2.14.1 torchvision==0.29.1}"
 STAMP="$VENV/.atss_d2-setup"
+TORCH_DISK_GB="${TORCH_DISK_GB:-7}"
 
 fail() {
     echo "" >&2
@@ -23,6 +25,14 @@ fail() {
 }
 
 step() { echo "[setup] $*"; }
+
+# Whole gigabytes free on the file system that holds $1 (or its nearest existing parent); empty
+# when df cannot tell.
+free_gb_at() {
+    local dir="$1"
+    while [ ! -d "$dir" ] && [ "$dir" != "/" ]; do dir="$(dirname "$dir")"; done
+    df -Pk "$dir" 2>/dev/null | awk 'NR == 2 { print int($4 / 1048576) }'
+}
 
 inputs_hash() {
     cat "$ROOT/setup.py" "$ROOT/tools/setup_env.sh" "$ROOT/tools/install_detectron2.py" \
@@ -51,9 +61,19 @@ step "2/5 torch and torchvision"
 if "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
     step "    keeping the installed $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)')"
 else
+    # PyPI's x86_64 torch 2.14.1 is a CUDA build: about 5.6 GB in the venv with its nvidia-* wheels.
+    free_gb="$(free_gb_at "$VENV")"
+    if [ -n "$free_gb" ] && [ "$free_gb" -lt "$TORCH_DISK_GB" ]; then
+        step "    warning: ${free_gb} GB free on the file system of $VENV; the default torch build needs about ${TORCH_DISK_GB} GB"
+    fi
     # shellcheck disable=SC2086
-    "${PIP[@]}" install $TORCH_REQUIREMENT \
-        || fail "torch and torchvision" "could not install '$TORCH_REQUIREMENT'; set TORCH_REQUIREMENT to versions your package index has (https://pytorch.org/get-started/locally/)"
+    if ! "${PIP[@]}" install $TORCH_REQUIREMENT; then
+        free_gb="$(free_gb_at "$VENV")"
+        if [ -n "$free_gb" ] && [ "$free_gb" -lt "$TORCH_DISK_GB" ]; then
+            fail "torch and torchvision" "could not install '$TORCH_REQUIREMENT' with ${free_gb} GB free on the file system of $VENV; free about ${TORCH_DISK_GB} GB there (or set VENV to a larger disk, or TORCH_REQUIREMENT to a CPU build of torch) and run 'make setup' again"
+        fi
+        fail "torch and torchvision" "could not install '$TORCH_REQUIREMENT'; set TORCH_REQUIREMENT to versions your package index has (https://pytorch.org/get-started/locally/)"
+    fi
 fi
 
 step "3/5 detectron2"

@@ -1,0 +1,65 @@
+"""tools/setup_env.sh's torch step, with a stand-in venv interpreter whose pip always fails: the
+failure names the step, and says how much disk is free when that is below what torch needs."""
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Stands in for the venv's python: imports of torch fail, pip fails as on a full disk, anything
+# else succeeds; every call is logged.
+FAKE_VENV_PYTHON = """#!/bin/sh
+echo "$*" >> "$FAKE_PYTHON_LOG"
+case "$*" in
+    *"import torch"*) exit 1 ;;
+    "-m pip install"*) echo "ERROR: [Errno 28] No space left on device" >&2; exit 1 ;;
+esac
+exit 0
+"""
+
+
+def _run_setup(tmp_path, disk_gb):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(FAKE_VENV_PYTHON)
+    python.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = dict(
+        os.environ,
+        VENV=str(venv),
+        TORCH_DISK_GB=str(disk_gb),
+        TORCH_REQUIREMENT="torch==1.0 torchvision==0.1",
+        FAKE_PYTHON_LOG=str(log),
+    )
+    proc = subprocess.run(
+        ["bash", str(REPO / "tools" / "setup_env.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return proc, log.read_text().splitlines()
+
+
+def test_torch_failure_on_a_small_disk_says_how_much_is_free(tmp_path):
+    # No file system here has a million GB free, so the check must report the shortage.
+    proc, calls = _run_setup(tmp_path, disk_gb=10**6)
+    assert proc.returncode == 1
+    assert "-m pip install torch==1.0 torchvision==0.1" in calls
+    assert "warning:" in proc.stdout and "needs about 1000000 GB" in proc.stdout
+    assert "[setup] FAILED at step: torch and torchvision" in proc.stderr
+    assert "GB free on the file system of" in proc.stderr
+    assert str(tmp_path / "venv") in proc.stderr
+    # Nothing after the failed step ran: no detectron2 install, no editable install.
+    assert not any("install_detectron2" in c or "-e " in c for c in calls)
+
+
+def test_torch_failure_with_room_to_spare_names_the_index(tmp_path):
+    proc, _ = _run_setup(tmp_path, disk_gb=0)
+    assert proc.returncode == 1
+    assert "warning:" not in proc.stdout
+    assert "could not install 'torch==1.0 torchvision==0.1'" in proc.stderr
+    assert "set TORCH_REQUIREMENT to versions your package index has" in proc.stderr
+    assert "GB free" not in proc.stderr
