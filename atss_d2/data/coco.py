@@ -1,17 +1,27 @@
 """Register any COCO-format detection dataset with detectron2, after checking its json."""
 
 import logging
+import math
 import os
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
 from ..utils import read_json
+from .image_size import (
+    AMBIGUOUS_ORIENTATIONS,
+    ambiguous_orientation_warning,
+    read_image_header,
+    size_problem,
+)
 
 __all__ = ["register_coco_dataset", "validate_coco_json"]
 
 logger = logging.getLogger(__name__)
+
+# How far (px) a box may reach over the image's edge before it is an error.
+_TOLERANCE = 1.0
 
 _REQUIRED_KEYS = {
     "images": ("id", "file_name", "height", "width"),
@@ -38,8 +48,9 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
     Read a COCO instances json and check what detectron2's loader and COCO evaluation rely
     on: top-level "images", "categories" (non-empty) and "annotations" (may be absent for a
     test set without labels); the required keys of every entry; unique ids; annotations that
-    name a declared category and an existing image; boxes of four numbers, width and height
-    >= 0.
+    name a declared category and an existing image; image sizes of whole positive numbers;
+    boxes of four finite numbers, width and height >= 0, inside their image (up to 1 px over
+    the edge, as rounding in annotation tools gives; detectron2 clips such boxes).
 
     Returns:
         the parsed json.
@@ -71,8 +82,18 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
                 raise ValueError(f"{json_file}: duplicate id {entry['id']!r} in '{section}'")
             seen.add(entry["id"])
 
+    sizes = {}
+    for image in data["images"]:
+        width, height = image["width"], image["height"]
+        if not all(_is_number(v) and v > 0 and v == int(v) for v in (width, height)):
+            raise ValueError(
+                f"{json_file}: image id {image['id']!r} ({image['file_name']!r}) has width "
+                f"{width!r} and height {height!r}; expected whole numbers of pixels > 0"
+            )
+        sizes[image["id"]] = (width, height)
+
     category_ids = {c["id"] for c in data["categories"]}
-    image_ids = {im["id"] for im in data["images"]}
+    image_ids = set(sizes)
     for ann in data["annotations"]:
         if ann["category_id"] not in category_ids:
             raise ValueError(
@@ -89,7 +110,7 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
         if (
             not isinstance(bbox, (list, tuple))
             or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+            or not all(_is_number(v) and math.isfinite(v) for v in bbox)
             or bbox[2] < 0
             or bbox[3] < 0
         ):
@@ -97,7 +118,72 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
                 f"{json_file}: annotation id {ann['id']!r} has bbox {bbox!r}; expected "
                 "[x, y, width, height], four numbers with width, height >= 0"
             )
+        width, height = sizes[ann["image_id"]]
+        x, y, w, h = bbox
+        tol = _TOLERANCE
+        if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+            raise ValueError(
+                f"{json_file}: annotation id {ann['id']!r} has bbox [x, y, width, height] = "
+                f"{bbox!r}, which lies outside its {width}x{height} image (image id "
+                f"{ann['image_id']!r}): expected 0 <= x, x + width <= {width}, 0 <= y, "
+                f"y + height <= {height}, with {tol:g} px tolerance"
+            )
     return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_image_files(
+    json_file: str, image_root: str, images: List[Dict[str, Any]]
+) -> Tuple[List[int], List[str]]:
+    """The indices of ``images`` not on disk, and the paths of those whose EXIF orientation
+    keeps their size; raises ValueError for an image whose width and height do not fit the
+    file (read from its header, as the data loader will see it)."""
+    missing, ambiguous = [], []
+    for index, image in enumerate(images):
+        path = os.path.join(image_root, image["file_name"])
+        if not os.path.isfile(path):
+            missing.append(index)
+            continue
+        try:
+            header = read_image_header(path)
+        except (OSError, ValueError, SyntaxError):
+            continue  # the data loader raises, or skips it with SKIP_UNREADABLE_IMAGES
+        problem = size_problem(path, header, image["width"], image["height"])
+        if problem:
+            raise ValueError(
+                f"{json_file}: image id {image['id']!r} ({image['file_name']!r}): {problem}"
+            )
+        if header.orientation in AMBIGUOUS_ORIENTATIONS:
+            ambiguous.append(path)
+    return missing, ambiguous
+
+
+def _missing_images_message(
+    json_file: str, image_root: str, images: List[Dict[str, Any]], missing: List[int]
+) -> str:
+    names = [images[i]["file_name"] for i in missing]
+    message = (
+        f"{len(missing)} of the {len(images)} images listed in {json_file} are not in "
+        f"{image_root}, e.g. {names[:3]}"
+    )
+    # Exporters such as Label Studio write file names with the export's folder in them
+    # ("images/abc.jpg"): IMAGE_DIR is then the folder above.
+    parent = os.path.dirname(os.path.abspath(image_root))
+    if os.path.isfile(os.path.join(parent, names[0])):
+        message += (
+            f"; {os.path.join(parent, names[0])} exists: the file names include a folder, so "
+            f"give IMAGE_DIR {parent}"
+        )
+    elif os.path.isfile(os.path.join(image_root, os.path.basename(names[0]))):
+        message += (
+            f"; {os.path.join(image_root, os.path.basename(names[0]))} exists: the json's "
+            "file_name values carry folders that are not under IMAGE_DIR; make them relative "
+            "to IMAGE_DIR"
+        )
+    return message
 
 
 def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
@@ -109,15 +195,19 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
     Registering the same name again with the same files does nothing; with other files it
     is an error, as is a name detectron2 already uses for another dataset.
 
-    Image files are not opened here; missing ones are counted in a warning (training stops
-    on them unless ``DATALOADER.SKIP_UNREADABLE_IMAGES``).
+    Every image's header is read: a width and height that do not fit the image as loaded
+    (after its EXIF orientation; :mod:`atss_d2.data.image_size`) is an error. Missing image
+    files are counted in a warning and recorded in the metadata (``missing_images``), where
+    :func:`atss_d2.engine.validate_config` stops a run that would need them: every evaluation,
+    and training unless ``DATALOADER.SKIP_UNREADABLE_IMAGES``.
 
-    The metadata gets ``thing_classes`` now (the category names ordered by id, as
-    ``load_coco_json`` sets them when the dataset is loaded).
+    The metadata gets ``thing_classes`` and ``thing_dataset_id_to_contiguous_id`` now (as
+    ``load_coco_json`` sets them when the dataset is loaded: categories ordered by id).
 
     Raises:
         FileNotFoundError: ``json_file`` or ``image_root`` does not exist.
-        ValueError: see :func:`validate_coco_json`; or ``name`` is taken.
+        ValueError: see :func:`validate_coco_json`; an image's size does not fit its file; or
+            ``name`` is taken.
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if not os.path.isdir(image_root):
@@ -135,20 +225,22 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
             f"name for {json_file}"
         )
 
-    missing = [
-        im["file_name"]
-        for im in data["images"]
-        if not os.path.isfile(os.path.join(image_root, im["file_name"]))
-    ]
-    if missing:
-        logger.warning(
-            f"{len(missing)} of the {len(data['images'])} images listed in {json_file} are not "
-            f"in {image_root}, e.g. {missing[:3]}"
-        )
-    categories = data["categories"]
+    missing, ambiguous = _check_image_files(json_file, image_root, data["images"])
     metadata = {}
+    if missing:
+        message = _missing_images_message(json_file, image_root, data["images"], missing)
+        logger.warning(message)
+        # For validate_config: evaluation needs every image; training only with
+        # DATALOADER.SKIP_UNREADABLE_IMAGES.
+        metadata["missing_images"] = (len(missing), message)
+    if ambiguous:
+        logger.warning(ambiguous_orientation_warning(json_file, ambiguous))
+    categories = data["categories"]
     if all(isinstance(c["id"], int) for c in categories):
-        # The names in the order load_coco_json gives them (by id), known before the json is
-        # loaded again: for NUM_CLASSES checks and the names of drawn boxes.
-        metadata["thing_classes"] = [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+        # The names and the id map as load_coco_json sets them (ids sorted), known before the
+        # json is loaded again: for NUM_CLASSES checks, the names of drawn boxes and the
+        # dataset's own category ids in the demo's --save-json.
+        ordered = sorted(categories, key=lambda c: c["id"])
+        metadata["thing_classes"] = [c["name"] for c in ordered]
+        metadata["thing_dataset_id_to_contiguous_id"] = {c["id"]: i for i, c in enumerate(ordered)}
     register_coco_instances(name, metadata, json_file, image_root)

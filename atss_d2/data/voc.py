@@ -9,7 +9,10 @@ One XML file per image, read from ``<annotation>``:
   write the name of the uploaded file or drop the extension).
 - ``<size><width><height>``: the image size. Some tools leave it out or write 0; the size is then
   read from the image file's header (no decoding), after its EXIF orientation, as the data
-  loader will see the image.
+  loader will see the image. A size that is given must be that of the image as loaded: one that
+  matches the pixels as stored but not the EXIF-turned image (labelImg ignores the tag) or
+  another size altogether is an error (:mod:`atss_d2.data.image_size`); images mirrored or
+  turned 180 degrees by their tag, whose size cannot tell, are counted in a warning.
 - ``<object>``: ``<name>``, ``<difficult>`` (optional, 0 or 1) and
   ``<bndbox><xmin><ymin><xmax><ymax>``, numbers, possibly fractional (CVAT writes "12.5").
 
@@ -44,7 +47,14 @@ from xml.parsers import expat
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
-from PIL import Image
+
+from .image_size import (
+    AMBIGUOUS_ORIENTATIONS,
+    ImageHeader,
+    ambiguous_orientation_warning,
+    read_image_header,
+    size_problem,
+)
 
 __all__ = [
     "DIFFICULT_MODES",
@@ -61,8 +71,6 @@ _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _COORDINATES = ("xmin", "ymin", "xmax", "ymax")
 # How far (px) a box may exceed VOC's 1 <= xmin < xmax <= width rule before it is an error.
 _TOLERANCE = 1.0
-# EXIF orientations that rotate the image by 90 or 270 degrees (width and height swap).
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 # name -> (annotations_dir, images_dir, classes, difficult) as requested, absolute paths; for
 # telling a repeated registration (a no-op) from a clash.
@@ -150,19 +158,13 @@ def _size_from_xml(xml_file: str, root: ET.Element) -> Tuple[int, int]:
     return values[0], values[1]
 
 
-def _size_from_image(xml_file: str, image_file: str) -> Tuple[int, int]:
-    """(width, height) of ``image_file`` as loaded (EXIF orientation applied), from its header."""
+def _read_header(image_file: str) -> Optional[ImageHeader]:
+    """``image_file``'s header, or None when Pillow cannot read it (the data loader then raises
+    or, with ``DATALOADER.SKIP_UNREADABLE_IMAGES``, skips the image)."""
     try:
-        with Image.open(image_file) as image:
-            width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)
-    except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for unreadable files
-        raise VOCAnnotationError(
-            f"{xml_file}: <size> is missing or 0 and the size of {image_file} cannot be read: {e}"
-        ) from e
-    if orientation in _TRANSPOSING_ORIENTATIONS:
-        width, height = height, width
-    return width, height
+        return read_image_header(image_file)
+    except (OSError, ValueError, SyntaxError):  # what PIL raises for unreadable files
+        return None
 
 
 def _parse_object(xml_file: str, index: int, obj: ET.Element, width: int, height: int) -> _Object:
@@ -211,21 +213,32 @@ def _parse_object(xml_file: str, index: int, obj: ET.Element, width: int, height
     return _Object(name, (xmin, ymin, xmax, ymax), flag.lower() in ("1", "true"))
 
 
-def _read_xml(xml_file: str, images_dir: str) -> Tuple[Dict, List[_Object]]:
-    """The image record (file_name, height, width) and the objects of one XML file."""
+def _read_xml(xml_file: str, images_dir: str) -> Tuple[Dict, List[_Object], int]:
+    """The image record (file_name, height, width), the objects and the image's EXIF
+    orientation of one XML file; ``<size>`` is checked against the image's header."""
     root = _parse_xml(xml_file)
     filename = _text(root, "filename")
     if filename is None:
         raise VOCAnnotationError(f"{xml_file} lacks <filename> (the image's file name)")
     image_file = _find_image(xml_file, filename, images_dir)
     width, height = _size_from_xml(xml_file, root)
+    header = _read_header(image_file)
     if width == 0 or height == 0:
-        width, height = _size_from_image(xml_file, image_file)
+        if header is None:
+            raise VOCAnnotationError(
+                f"{xml_file}: <size> is missing or 0 and the size of {image_file} cannot be read"
+            )
+        width, height = header.size
+    elif header is not None:
+        problem = size_problem(image_file, header, width, height)
+        if problem:
+            raise VOCAnnotationError(f"{xml_file}: <size> does not fit the image: {problem}")
     objects = [
         _parse_object(xml_file, i, obj, width, height)
         for i, obj in enumerate(root.findall("object"), start=1)
     ]
-    return {"file_name": image_file, "height": height, "width": width}, objects
+    orientation = header.orientation if header is not None else 1
+    return {"file_name": image_file, "height": height, "width": width}, objects, orientation
 
 
 def _xml_files(annotations_dir: str) -> List[str]:
@@ -294,7 +307,15 @@ def _load(
         raise FileNotFoundError(
             f"VOC image directory not found: {images_dir} (for {annotations_dir})"
         )
-    parsed = [(xml_file, *_read_xml(xml_file, images_dir)) for xml_file in xml_files]
+    parsed = []
+    ambiguous = []
+    for xml_file in xml_files:
+        record, objects, orientation = _read_xml(xml_file, images_dir)
+        parsed.append((xml_file, record, objects))
+        if orientation in AMBIGUOUS_ORIENTATIONS:
+            ambiguous.append(record["file_name"])
+    if ambiguous:
+        logger.warning(ambiguous_orientation_warning(annotations_dir, ambiguous))
 
     if classes is None:
         classes = sorted({obj.name for _, _, objects in parsed for obj in objects})

@@ -27,6 +27,7 @@ __all__ = [
     "ConfigError",
     "check_atss_config",
     "check_dataset_classes",
+    "check_dataset_images",
     "check_datasets_registered",
     "check_num_classes",
     "merge_config_file",
@@ -194,6 +195,31 @@ def _check_dataset_files(name: str, key: str) -> None:
         )
 
 
+def check_dataset_images(
+    names: Iterable[str], key: str, *, skip_key: Optional[str] = None, skip: bool = False
+) -> None:
+    """
+    Raise :class:`ConfigError` for the first of ``names`` (set by ``key``) whose registration
+    found image files missing (``register_coco_dataset`` records them in the metadata as
+    ``missing_images``). Training passes the key that skips unreadable images (``skip_key``,
+    e.g. ``DATALOADER.SKIP_UNREADABLE_IMAGES``) and its value (``skip``): set, the missing
+    files are skipped and not an error. Evaluation passes neither: it needs every image.
+    """
+    for name in names:
+        found = MetadataCatalog.get(name).get("missing_images")
+        if not found or skip:
+            continue
+        _, message = found
+        if skip_key:
+            fix = f"or set {skip_key} True to train without them"
+        else:
+            fix = "evaluation needs every image"
+        raise ConfigError(
+            f"{key} names dataset {name!r}: {message}. Put the files there or give the right "
+            f"IMAGE_DIR; {fix}"
+        )
+
+
 def check_num_classes(cfg: CfgNode, dataset_names: Iterable[str]) -> List[str]:
     """
     Raise :class:`ConfigError` if ``MODEL.ATSS.NUM_CLASSES`` differs from the number of
@@ -249,7 +275,8 @@ def check_batch_divisible(batch: int, key: str) -> None:
 def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
     """
     Check, before anything is built, what would otherwise fail late or silently: the datasets
-    of ``DATASETS.TRAIN`` (if ``train``) and ``DATASETS.TEST`` are registered, their classes
+    of ``DATASETS.TRAIN`` (if ``train``) and ``DATASETS.TEST`` are registered with their image
+    files on disk (:func:`check_dataset_images`), their classes
     match ``MODEL.ATSS.NUM_CLASSES`` (where the metadata already lists them; the trainer checks
     the rest once the datasets are loaded), and the solver's periods are positive.
 
@@ -263,10 +290,17 @@ def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
         if not cfg.DATASETS.TRAIN:
             raise ConfigError("DATASETS.TRAIN is empty; name at least one training dataset")
         check_datasets_registered(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+        check_dataset_images(
+            cfg.DATASETS.TRAIN,
+            "DATASETS.TRAIN",
+            skip_key="DATALOADER.SKIP_UNREADABLE_IMAGES",
+            skip=cfg.DATALOADER.SKIP_UNREADABLE_IMAGES,
+        )
         for key in ("MAX_ITER", "CHECKPOINT_PERIOD", "IMS_PER_BATCH"):
             if cfg.SOLVER[key] <= 0:
                 raise ConfigError(f"SOLVER.{key} must be positive, got {cfg.SOLVER[key]}")
     check_datasets_registered(cfg.DATASETS.TEST, "DATASETS.TEST")
+    check_dataset_images(cfg.DATASETS.TEST, "DATASETS.TEST")
     names = (list(cfg.DATASETS.TRAIN) if train else []) + list(cfg.DATASETS.TEST)
     unchecked = check_num_classes(cfg, names)
     if unchecked:

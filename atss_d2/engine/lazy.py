@@ -47,6 +47,7 @@ from .config import (
     ConfigError,
     check_batch_divisible,
     check_dataset_classes,
+    check_dataset_images,
     check_datasets_registered,
     check_device,
 )
@@ -187,10 +188,19 @@ def check_lazy_config(cfg: DictConfig, *, train: bool = True) -> None:
                 raise ConfigError(f"train.{key} must be positive, got {value}")
         train_names = _dataset_names(cfg.dataloader.train)
         check_datasets_registered(train_names, "dataloader.train.dataset.names")
+        check_dataset_images(
+            train_names,
+            "dataloader.train.dataset.names",
+            skip_key="dataloader.train.mapper.skip_unreadable",
+            skip=bool(
+                OmegaConf.select(cfg, "dataloader.train.mapper.skip_unreadable", default=False)
+            ),
+        )
         names += train_names
     if "test" in cfg.dataloader:
         test_names = _dataset_names(cfg.dataloader.test)
         check_datasets_registered(test_names, "dataloader.test.dataset.names")
+        check_dataset_images(test_names, "dataloader.test.dataset.names")
         names += test_names
     _check_classes(cfg, names)
 
