@@ -24,7 +24,10 @@ from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
 from . import add_atss_config
-from .data import VOCAnnotationError, add_dataset_arguments, register_datasets_from_args
+from .checkpoint import CheckpointReadError, UnsafeCheckpointError
+from .checkpoint.detection_checkpoint import IncompatibleWeightsError
+from .config_checks import ConfigError, check_atss_config
+from .data import VOCAnnotationError, add_dataset_arguments
 from .demo import (
     ClassNamesError,
     DemoFailed,
@@ -39,14 +42,25 @@ from .demo import (
     run_on_video,
     video_output_path,
 )
-from .engine import SafePredictor
+from .engine import SafePredictor, lazy, merge_config_file, merge_config_opts
+from .train_net import DataError, register_datasets, resolve_config_file
 
 
 def setup_cfg(args):
+    """The config of ``--config-file`` (a YAML file, or a shipped config's name) and ``--opts``;
+    errors name the file and the key (:class:`~atss_d2.engine.ConfigError`)."""
+    config_file = resolve_config_file(args.config_file)
+    if lazy.is_lazy_config(config_file):
+        raise ConfigError(
+            f"--config-file {args.config_file} is a LazyConfig (.py); the demo takes a YAML "
+            "config: the .yaml of the same model (e.g. configs/Shapes/atss_R_18_FPN_shapes.yaml "
+            "for configs/Shapes/atss_R_18_FPN_shapes.py)"
+        )
     cfg = get_cfg()
     add_atss_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    merge_config_file(cfg, config_file)
+    merge_config_opts(cfg, args.opts)
+    check_atss_config(cfg)
     # The threshold is applied to the final (drawn) score after the model; the model's own
     # threshold on p_cls only comes down where it would drop a detection that could pass.
     cfg.MODEL.ATSS.SCORE_THRESH_TEST = model_score_threshold(cfg, args.confidence_threshold)
@@ -113,7 +127,7 @@ def main(argv=None) -> List[str]:
     logger = setup_logger()
     logger.info("Arguments: " + str(args))
 
-    registered = register_datasets_from_args(args.coco_dataset, args.voc_dataset, args.classes)
+    registered = register_datasets(args)  # DataError naming the file or flag
     cfg = setup_cfg(args)
     metadata = class_metadata(cfg, registered, args.classes)
     failures: List[str] = []
@@ -144,6 +158,20 @@ def cli(argv=None) -> None:
     except DemoFailed as e:
         print(f"{prog}: {e}", file=sys.stderr)  # every failure, after the outputs were written
         sys.exit(1)
-    except (InputError, ClassNamesError, VOCAnnotationError, FileNotFoundError) as e:
+    except DataError as e:
+        logging.getLogger("detectron2").error(str(e))
+        sys.exit(f"{prog}: data error: {e}")
+    except ConfigError as e:
+        logging.getLogger("detectron2").error(str(e))
+        sys.exit(f"{prog}: config error: {e}")
+    except (
+        InputError,
+        ClassNamesError,
+        VOCAnnotationError,
+        FileNotFoundError,
+        CheckpointReadError,
+        UnsafeCheckpointError,
+        IncompatibleWeightsError,
+    ) as e:
         logging.getLogger("detectron2").error(str(e))
         sys.exit(f"{prog}: error: {e}")

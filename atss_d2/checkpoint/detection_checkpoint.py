@@ -3,13 +3,14 @@
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .safe_load import CheckpointReadError, load_checkpoint_file
 
 __all__ = [
+    "IncompatibleWeightsError",
     "LoadReport",
     "SafeDetectionCheckpointer",
     "WeightsNotFoundError",
@@ -31,6 +32,11 @@ class WeightsNotFoundError(FileNotFoundError):
     """A weights file (``MODEL.WEIGHTS``, ``--resume``) that does not exist or cannot be fetched."""
 
 
+class IncompatibleWeightsError(ValueError):
+    """Weights whose detection head does not fit the model of the config (e.g. another number
+    of classes): fine to fine-tune from, meaningless to run inference with."""
+
+
 @dataclass
 class LoadReport:
     """
@@ -42,11 +48,27 @@ class LoadReport:
             (tensors loaded from the file, tensors in the model).
         reinitialised: (name, shape in the file, shape in the model) of tensors whose shape
             differs, left at the model's initialisation.
+        num_classes: the model's number of classes (its head's ``num_classes``), if it has one.
     """
 
     path: str
     parts: Dict[str, Tuple[int, int]] = field(default_factory=dict)
     reinitialised: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
+    num_classes: Optional[int] = None
+
+    def checkpoint_num_classes(self) -> Optional[int]:
+        """The number of classes of the file's classification layer when it differs from the
+        model's (``head.cls_score`` re-initialised), else None. The layer has (anchors per
+        location x classes) outputs; the anchors per location are the model's, or the file's
+        when its box regression layer differs too."""
+        shapes = {name: (in_file, in_model) for name, in_file, in_model in self.reinitialised}
+        if "head.cls_score.weight" not in shapes or not self.num_classes:
+            return None
+        in_file, in_model = shapes["head.cls_score.weight"]
+        anchors = max(in_model[0] // self.num_classes, 1)
+        if "head.bbox_pred.weight" in shapes:
+            anchors = max(shapes["head.bbox_pred.weight"][0][0] // 4, 1)
+        return in_file[0] // anchors
 
     def from_scratch(self) -> List[str]:
         """Parts of the model of which no tensor came from the file."""
@@ -169,6 +191,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             report.parts[part] = (loaded + (name not in not_loaded), total + 1)
         report.parts = {part: counts for part, counts in report.parts.items() if counts[1]}
         report.reinitialised = list(incompatible.incorrect_shapes)
+        report.num_classes = getattr(getattr(self.model, "head", None), "num_classes", None)
         return report
 
     def _log_report(self, report: LoadReport) -> None:
@@ -180,13 +203,12 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
                 f"Not in {report.path}, starting from scratch: {', '.join(scratch)} "
                 "(normal for an ImageNet backbone file)"
             )
-        head = getattr(self.model, "head", None)
+        file_classes = report.checkpoint_num_classes()
         for name, in_file, in_model in report.reinitialised:
-            if name.startswith("head.cls_score") and hasattr(head, "num_classes"):
-                anchors = max(in_model[0] // head.num_classes, 1)
+            if name.startswith("head.cls_score") and file_classes is not None:
                 logger.warning(
-                    f"{name}: the checkpoint has {in_file[0] // anchors} classes, this model "
-                    f"{head.num_classes} (MODEL.ATSS.NUM_CLASSES): the classification layer "
+                    f"{name}: the checkpoint has {file_classes} classes, this model "
+                    f"{report.num_classes} (MODEL.ATSS.NUM_CLASSES): the classification layer "
                     "is re-initialised (bias from MODEL.ATSS.PRIOR_PROB) and trains from "
                     "scratch; every other layer of the same shape is loaded"
                 )

@@ -1,14 +1,16 @@
 """A DefaultPredictor that loads MODEL.WEIGHTS without unpickling code, and says when the model it
 runs is untrained."""
 
+import contextlib
 import logging
 from typing import Optional
 
 from detectron2.engine import DefaultPredictor
 
 from ..checkpoint import LoadReport, SafeDetectionCheckpointer
+from ..checkpoint.detection_checkpoint import IncompatibleWeightsError
 
-__all__ = ["SafePredictor", "UNTRAINED_HEAD", "warn_if_head_untrained"]
+__all__ = ["SafePredictor", "UNTRAINED_HEAD", "check_head_for_inference", "warn_if_head_untrained"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +39,65 @@ def warn_if_head_untrained(weights: str, report: Optional[LoadReport]) -> bool:
     return True
 
 
+def check_head_for_inference(
+    weights: str, report: Optional[LoadReport], key: str = "MODEL.ATSS.NUM_CLASSES"
+) -> None:
+    """
+    Refuse to run inference with a head that ``weights`` provided only in part: a head tensor
+    whose shape differs from the model's (e.g. the classification layer of a checkpoint with
+    another number of classes) is left at its random initialisation, which makes the
+    detections meaningless. Training from such weights is fine (fine-tuning on new classes).
+    ``report`` is the checkpointer's :attr:`~SafeDetectionCheckpointer.last_load_report`;
+    ``key`` is the config key of the number of classes, named in the error.
+
+    Raises:
+        IncompatibleWeightsError: naming the file, the tensors and what to set.
+    """
+    if report is None:
+        return
+    head = [entry for entry in report.reinitialised if entry[0].startswith("head.")]
+    if not head:
+        return
+    file_classes = report.checkpoint_num_classes()
+    if file_classes is not None:
+        raise IncompatibleWeightsError(
+            f"{weights}: head.cls_score has {file_classes} classes in the checkpoint, the config "
+            f"says {key} {report.num_classes}: set {key} {file_classes} (and register the "
+            "dataset with the classes it was trained on, e.g. --classes or the same "
+            "--voc-dataset folders as for training)"
+        )
+    shapes = "; ".join(
+        f"{name} {tuple(in_file)} in the checkpoint, {tuple(in_model)} in the model"
+        for name, in_file, in_model in head
+    )
+    raise IncompatibleWeightsError(
+        f"{weights}: the detection head does not fit the model of the config ({shapes}); "
+        "run it with the config it was trained with"
+    )
+
+
+@contextlib.contextmanager
+def _quiet_empty_load():
+    """Without fvcore's "No checkpoint found. Initializing model from scratch" for the empty
+    path DefaultPredictor is given: the weights are loaded next, and reported then."""
+    checkpoint_logger = logging.getLogger("fvcore.common.checkpoint")
+    level = checkpoint_logger.level
+    checkpoint_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        checkpoint_logger.setLevel(level)
+
+
 class SafePredictor(DefaultPredictor):
     """
     detectron2's :class:`DefaultPredictor` (same ``__call__``: one BGR/RGB HWC uint8 image in,
     ``{"instances": ...}`` out), but ``MODEL.WEIGHTS`` is read by
     :class:`SafeDetectionCheckpointer`, which refuses pickles that would run code, and a model
-    whose head is not from the weights file is reported (:func:`warn_if_head_untrained`).
+    whose head is not from the weights file is reported (:func:`warn_if_head_untrained`). A
+    head that only partly fits the config (another number of classes) raises
+    :class:`~atss_d2.checkpoint.detection_checkpoint.IncompatibleWeightsError`
+    (:func:`check_head_for_inference`).
     """
 
     def __init__(self, cfg):
@@ -50,11 +105,13 @@ class SafePredictor(DefaultPredictor):
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.WEIGHTS = ""  # DefaultPredictor loads nothing from an empty path
-        super().__init__(cfg)
+        with _quiet_empty_load():
+            super().__init__(cfg)
         self.cfg.MODEL.WEIGHTS = weights
         report = None
         if weights:
             checkpointer = SafeDetectionCheckpointer(self.model)
             checkpointer.load(weights)
             report = checkpointer.last_load_report
+            check_head_for_inference(weights, report)
         self.head_untrained = warn_if_head_untrained(weights, report)

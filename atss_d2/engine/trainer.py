@@ -31,7 +31,7 @@ from ..solver import build_optimizer
 from .amp import amp_trainer_class
 from .checkpoint import SafeAtomicCheckpointer
 from .config import ConfigError, check_num_classes, validate_config
-from .predictor import warn_if_head_untrained
+from .predictor import check_head_for_inference, warn_if_head_untrained
 from .stop import StopOnSignal
 
 __all__ = ["ATSSTrainer", "frozen_random_layers"]
@@ -260,7 +260,9 @@ class ATSSTrainer(DefaultTrainer):
         """
         ``--eval-only``: build the model, load ``MODEL.WEIGHTS`` (or, with ``resume``, the last
         checkpoint of ``OUTPUT_DIR``) and evaluate it on ``DATASETS.TEST``, with test-time
-        augmentation too when ``TEST.AUG.ENABLED``. Warns when the head is untrained.
+        augmentation too when ``TEST.AUG.ENABLED``. Warns when the head is untrained; raises
+        :class:`~atss_d2.checkpoint.detection_checkpoint.IncompatibleWeightsError` when the
+        weights' head does not fit the config (e.g. another number of classes).
 
         Returns:
             OrderedDict: dataset name (and ``"<name>_TTA"``) -> task -> metric -> value.
@@ -269,7 +271,9 @@ class ATSSTrainer(DefaultTrainer):
         checkpointer = cls.build_checkpointer(cfg, model)
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
         loaded = checkpointer.last_load_report
-        warn_if_head_untrained(loaded.path if loaded else cfg.MODEL.WEIGHTS, loaded)
+        weights = loaded.path if loaded else cfg.MODEL.WEIGHTS
+        check_head_for_inference(weights, loaded)
+        warn_if_head_untrained(weights, loaded)
         res = cls._by_dataset(cfg, cls.test(cfg, model))
         if cfg.TEST.AUG.ENABLED:
             res.update(cls.test_with_TTA(cfg, model))
