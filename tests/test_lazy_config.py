@@ -405,6 +405,13 @@ def test_overrides_that_cannot_apply_are_config_errors(tmp_path):
     # A new argument of a call is fine: the call takes it (detectron2's loader: a sampler).
     cfg = load_lazy_config(path, ["dataloader.train.sampler=null"])
     assert "sampler" in cfg.dataloader.train and cfg.dataloader.train.sampler is None
+    # One the call does not take is refused before anything is built, with the close names.
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.head\.num_convs is neither in the config nor an argument of ATSSHead "
+        r"\(its arguments: input_shape, num_classes, .*\); did you mean model\.head\.num_classes",
+    ):
+        load_lazy_config(path, ["model.head.num_convs=3"])
 
 
 # ---------------------------------------------------------------------------------------------

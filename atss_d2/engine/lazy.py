@@ -10,7 +10,8 @@ A config defines ``model``, ``dataloader.train`` / ``test`` / ``evaluator``, ``o
 (``params.model`` is set to the model here), ``lr_multiplier`` (a ``ParamScheduler`` over the
 fraction of training done) and ``train`` (the keys of ``configs/common/train.py``). Overrides
 are ``key=value`` (detectron2's ``LazyConfig.apply_overrides``); a key that does not exist is
-refused, naming close ones, except a new argument of a call (a node with ``_target_``).
+refused, naming close ones, and so is a new argument of a call (a node with ``_target_``) that
+its target does not accept.
 
 Training runs detectron2's ``SimpleTrainer`` (with ``train.amp.enabled``: ``AMPTrainer`` on
 CUDA, the bfloat16 ``CPUAMPTrainer`` on the CPU) with the hooks of ``lazyconfig_train_net.py``
@@ -22,6 +23,7 @@ CUDA) train with ``train.device=cpu``.
 """
 
 import difflib
+import inspect
 import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -38,6 +40,7 @@ from detectron2.engine import (
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -51,7 +54,7 @@ from .config import (
     check_datasets_registered,
     check_device,
 )
-from .predictor import warn_if_head_untrained
+from .predictor import check_head_for_inference, warn_if_head_untrained
 from .stop import StopOnSignal
 
 __all__ = [
@@ -113,13 +116,39 @@ def _find(tree: Any, key: str) -> Tuple[bool, Any]:
     return _child(node, leaf) is not _ABSENT, node
 
 
+def _check_new_argument(option: str, key: str, call: dict) -> None:
+    """A new argument ``key`` of the LazyCall node ``call`` must be one its target accepts."""
+    target = call["_target_"]
+    if isinstance(target, str):
+        try:
+            target = locate(target)
+        except Exception:  # an unimportable target fails when instantiated, with its name
+            return
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # no signature to check against (a builtin)
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    *prefix, name = key.split(".")
+    if name in parameters:
+        return
+    accepted = [n for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    close = difflib.get_close_matches(name, accepted, n=2, cutoff=0.6)
+    hint = f"; did you mean {' or '.join('.'.join([*prefix, c]) for c in close)}?" if close else ""
+    raise ConfigError(
+        f"override {option!r}: {key} is neither in the config nor an argument of "
+        f"{getattr(target, '__qualname__', target)} (its arguments: {', '.join(accepted)}){hint}"
+    )
+
+
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     """
     ``LazyConfig.apply_overrides(cfg, overrides)`` (``key=value``, values in Hydra's grammar:
     ``train.max_iter=100``, ``model.pixel_std=[1,1,1]``), refusing with :class:`ConfigError`
     what would otherwise be silently added or fail obscurely: an option without ``=`` (e.g.
-    YAML-style ``KEY VALUE`` pairs), a key that does not exist (unless it is a new argument of
-    a call), a value Hydra cannot parse.
+    YAML-style ``KEY VALUE`` pairs), a key that does not exist (unless it is a new argument
+    that the call's target accepts), a value Hydra cannot parse.
     """
     tree = OmegaConf.to_container(cfg, resolve=False)
     for option in overrides:
@@ -130,10 +159,14 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
                 "train.max_iter=1000 (KEY VALUE pairs are for .yaml configs)"
             )
         found, parent = _find(tree, key)
-        if not found and not (isinstance(parent, dict) and "_target_" in parent):
-            close = difflib.get_close_matches(key, _keys(tree), n=2, cutoff=0.7)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise ConfigError(f"override {option!r}: the config has no key {key}{hint}")
+        if found:
+            continue
+        if isinstance(parent, dict) and "_target_" in parent:
+            _check_new_argument(option, key, parent)
+            continue
+        close = difflib.get_close_matches(key, _keys(tree), n=2, cutoff=0.7)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"override {option!r}: the config has no key {key}{hint}")
     try:
         return LazyConfig.apply_overrides(cfg, list(overrides))
     except Exception as e:  # Hydra's parse errors, OmegaConf's validation errors
@@ -276,7 +309,9 @@ def evaluate(cfg: DictConfig, resume: bool = False) -> Dict[str, Any]:
     checkpointer = SafeAtomicCheckpointer(model, cfg.train.output_dir)
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     report = checkpointer.last_load_report
-    warn_if_head_untrained(report.path if report else cfg.train.init_checkpoint, report)
+    weights = report.path if report else cfg.train.init_checkpoint
+    check_head_for_inference(weights, report, key="model.num_classes")
+    warn_if_head_untrained(weights, report)
     return do_test(cfg, model)
 
 
