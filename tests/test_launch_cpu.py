@@ -3,6 +3,7 @@
 through train_net.py itself); with some but too few GPUs it stops with the count found.
 """
 
+import importlib
 import os
 import subprocess
 import sys
@@ -55,3 +56,24 @@ def test_more_processes_than_gpus_names_the_count(monkeypatch):
 
 def test_one_process_runs_in_place():
     assert launch(lambda x: x + 1, 1, args=(41,)) == 42
+
+
+def test_several_machines_on_a_loopback_address_are_warned_about(monkeypatch, caplog):
+    launch_module = importlib.import_module("atss_d2.engine.launch")  # the module, not launch()
+    spawned = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(launch_module.mp, "spawn", lambda *a, **k: spawned.append(k["nprocs"]))
+    # detectron2's parser's default URL: a port on 127.0.0.1, which no other machine reaches.
+    with caplog.at_level("WARNING", logger="atss_d2.engine.launch"):
+        launch(lambda: None, 1, num_machines=2, dist_url="tcp://127.0.0.1:50152")
+    assert spawned == [1]
+    assert "--num-machines 2 with --dist-url tcp://127.0.0.1:50152" in caplog.text
+    assert "tcp://<machine 0's address>:<port>" in caplog.text
+    caplog.clear()
+    for url in ("tcp://10.0.0.5:50152", "file:///shared/rdzv"):
+        launch(lambda: None, 1, num_machines=2, dist_url=url)
+    assert "cannot join" not in caplog.text
+    assert [launch_module._is_loopback(u) for u in ("tcp://localhost:1", "tcp://[::1]:1")] == [
+        True,
+        True,
+    ]

@@ -10,6 +10,7 @@ of GPUs found where there are some but too few.
 
 import logging
 from datetime import timedelta
+from urllib.parse import urlparse
 
 import torch
 import torch.distributed as dist
@@ -44,6 +45,14 @@ def launch(
     world_size = num_machines * num_gpus_per_machine
     if world_size <= 1:
         return main_func(*args)
+    if num_machines > 1 and _is_loopback(dist_url):
+        # detectron2's parser fills in a loopback URL, which only processes of this machine
+        # reach: without a --dist-url the other machines never join and this one just waits.
+        logger.warning(
+            f"--num-machines {num_machines} with --dist-url {dist_url}: only this machine can "
+            "reach that address, so the others cannot join and this process waits for them "
+            f"(up to {timeout}). Give every machine --dist-url tcp://<machine 0's address>:<port>"
+        )
     if torch.cuda.is_available():
         found = torch.cuda.device_count()
         if num_gpus_per_machine > found:
@@ -69,6 +78,14 @@ def launch(
         args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
         daemon=False,
     )
+
+
+def _is_loopback(dist_url) -> bool:
+    """Whether ``dist_url`` is a tcp:// address of this machine only (127.x, localhost, ::1)."""
+    if not isinstance(dist_url, str) or not dist_url.startswith("tcp://"):
+        return False
+    host = urlparse(dist_url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _free_port() -> int:
