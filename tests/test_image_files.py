@@ -12,12 +12,15 @@ import uuid
 
 import numpy as np
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import Boxes, Instances
 from PIL import Image
 from tiny_setup import tiny_cfg
 
 from atss_d2.data import VOCAnnotationError, load_voc_folder, register_coco_dataset
 from atss_d2.data.image_size import read_image_header, size_problem
+from atss_d2.demo import instances_to_coco_results
 from atss_d2.engine import ConfigError, validate_config
 
 ORIENTATION = 0x0112
@@ -181,6 +184,13 @@ def test_coco_category_id_map_is_known_before_loading(tmp_path):
     meta = MetadataCatalog.get(name)
     assert meta.thing_classes == ["cat", "dog"]
     assert meta.thing_dataset_id_to_contiguous_id == {4: 0, 9: 1}
+    # The demo's --save-json writes the dataset's own ids (without loading the dataset).
+    instances = Instances((40, 60))
+    instances.pred_boxes = Boxes(torch.tensor([[1.0, 2.0, 11.0, 22.0], [0.0, 0.0, 5.0, 5.0]]))
+    instances.scores = torch.tensor([0.9, 0.8])
+    instances.pred_classes = torch.tensor([1, 0])
+    results = instances_to_coco_results(instances, 0, "a.jpg", meta)
+    assert [r["category_id"] for r in results] == [9, 4]
     DatasetCatalog.get(name)  # load_coco_json sets the same map: no conflict
     assert meta.thing_dataset_id_to_contiguous_id == {4: 0, 9: 1}
 
