@@ -55,6 +55,14 @@ TINY = [
 ]  # fmt: skip
 
 
+# The reason given for dropping num_batches_tracked: true whether the target norm has a
+# counter (BN) or not (FrozenBN, FrozenStatsBN).
+BN_COUNTER_REASON = (
+    "BatchNorm step counter, not a weight: not carried over "
+    "(FrozenBN and FrozenStatsBN have none; BN counts from 0)"
+)
+
+
 def load_tool():
     path = os.path.join(ROOT, "tools", "convert_checkpoint.py")
     spec = importlib.util.spec_from_file_location("convert_checkpoint_tool", path)
@@ -477,7 +485,7 @@ def test_mmdet_converted_model_computes_like_mmdetection():
     src = state_of(mmdet_source(Fake(0), TINY_ARCH), "mmdet")
     converted, report = convert_state_dict("mmdet", src)
     assert not report.unrecognized
-    assert {r for _, r in report.ignored} == {"BatchNorm step counter; FrozenBN has none"}
+    assert {r for _, r in report.ignored} == {BN_COUNTER_REASON}
     model = build("configs/COCO-Detection/atss_R_50_FPN_1x.yaml", TINY)
     # mmdetection's norm_eval BatchNorm (MODEL.RESNETS.NORM FrozenStatsBN) after res2: the
     # converted FrozenBN-style tensors fill it with no missing or unexpected name.
@@ -792,3 +800,26 @@ def test_unknown_keys_missing_tensors_and_shape_mismatches_are_errors(tmp_path, 
     # Wrong --source: nothing matches.
     assert tool.main(["--source", "atss", src_path, out_path, "--no-verify"]) == 2
     assert "no 'model' entry" in capsys.readouterr().err
+
+
+def test_torchvision_resnet18_needs_a_config_and_fails_without_claiming_success(tmp_path, capsys):
+    torchvision = pytest.importorskip("torchvision")
+    src_path, out_path = str(tmp_path / "resnet18.pth"), str(tmp_path / "R-18.pkl")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), src_path)
+    tool = load_tool()
+    # res4 of a ResNet-18 has 2 blocks: no shipped config is chosen for it.
+    assert tool.main(["--source", "torchvision", src_path, out_path]) == 1
+    out = capsys.readouterr()
+    assert "conversion OK" not in out.out + out.err
+    assert "cannot tell the ResNet variant (res4 has 2 blocks" in out.err
+    assert "pass --config-file" in out.err and "nothing written" in out.err
+    assert not os.path.exists(out_path)
+
+    # With the config of a BatchNorm ResNet-18 it converts; the counters are dropped.
+    config = "configs/Custom/atss_R_18_FPN_cpu.yaml"
+    assert tool.main(["--source", "torchvision", src_path, out_path, "--config-file", config]) == 0
+    out = capsys.readouterr().out
+    assert "conversion OK" in out and os.path.exists(out_path)
+    counter_rows = [line for line in out.splitlines() if "num_batches_tracked" in line]
+    assert len(counter_rows) == 4  # the stem's, the blocks' bn1 and bn2, the shortcuts'
+    assert all(line.endswith(BN_COUNTER_REASON) for line in counter_rows)

@@ -110,8 +110,9 @@ def main(argv=None) -> int:
         try:
             config_file, opts, model = build_target(args.source, converted, config_file, opts)
         except ConversionError as e:
-            print(report.summary(args.verbose))
+            # No model to check against: the summary's verdict would be premature.
             print(f"error: {e}", file=sys.stderr)
+            print(f"error: {args.input} was not converted; nothing written", file=sys.stderr)
             return 1
         target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if args.source == "torchvision":  # ImageNet weights initialise the ResNet only

@@ -70,6 +70,13 @@ FROZEN_BN_EPS = 1e-5
 _WB = r"(?P<p>weight|bias)"
 
 
+# Why ``num_batches_tracked`` is ignored, whichever norm the target model uses.
+_BN_COUNTER_NOTE = (
+    "BatchNorm step counter, not a weight: not carried over "
+    "(FrozenBN and FrozenStatsBN have none; BN counts from 0)"
+)
+
+
 class ConversionError(ValueError):
     """A checkpoint that cannot be converted without losing or inventing weights."""
 
@@ -137,7 +144,7 @@ def _resnet_rules(src: str, dst: str, stem: str, frozen_bn_without_eps: bool = F
         # maskrcnn-benchmark DFConv2d in the 3x3 of deformable stages.
         _rule(blk + r"conv2\.offset\." + _WB, res + "conv2_offset.{p}"),
         _rule(blk + r"conv2\.conv\.weight", res + "conv2.weight"),
-        _ignore(r".*\.num_batches_tracked", "BatchNorm step counter; FrozenBN has none"),
+        _ignore(r".*\.num_batches_tracked", _BN_COUNTER_NOTE),
     ]
 
 
