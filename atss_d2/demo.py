@@ -34,7 +34,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 
 import cv2
 import numpy as np
-from detectron2.data import Metadata, MetadataCatalog
+from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
@@ -527,16 +527,52 @@ def _show(image: np.ndarray, name: str) -> bool:
         ) from e
 
 
+def dataset_image_ids(dataset_name: str) -> Optional[Dict[str, int]]:
+    """The ``image_id`` of every image of the registered dataset ``dataset_name``, by real path;
+    None when it is not registered or cannot be loaded (e.g. its files are not on disk).
+    Loading a COCO json also gives its metadata the dataset's category ids."""
+    if dataset_name not in DatasetCatalog.list():
+        return None
+    try:
+        dicts = DatasetCatalog.get(dataset_name)
+    except (OSError, ValueError) as e:
+        logger.info(f"--save-json: image ids are the inputs' positions ({dataset_name}: {e})")
+        return None
+    return {os.path.realpath(d["file_name"]): d["image_id"] for d in dicts}
+
+
+def _use_dataset_image_ids(coco_results: List[dict], image_ids: Optional[Dict[str, int]]) -> None:
+    """Replace the positions in ``coco_results`` by the dataset's ids, if every entry's image is
+    in ``image_ids``."""
+    if not image_ids or not coco_results:
+        return
+    paths = {r["file_name"]: os.path.realpath(r["file_name"]) for r in coco_results}
+    outside = [p for p, real in paths.items() if real not in image_ids]
+    if outside:
+        logger.info(
+            f"--save-json: {len(outside)} input image(s) are not in the registered dataset "
+            f"(e.g. {outside[0]}): image_id is each image's position among the inputs"
+        )
+        return
+    for result in coco_results:
+        result["image_id"] = image_ids[paths[result["file_name"]]]
+
+
 def run_demo(
     results: Iterable[DemoResult],
     metadata: Metadata,
     json_file: Optional[str] = None,
     failures: Sequence[str] = (),
+    image_ids: Optional[Dict[str, int]] = None,
 ) -> List[str]:
     """
     Consume ``results``, logging each image ("img.jpg: 3 detections (cat x2, dog) in 0.21s ->
     out/img.jpg"), each failure, and a line per video; then write the detections of all of them
     to ``json_file`` (:func:`instances_to_coco_results`, a JSON list).
+
+    ``image_ids`` (real path -> id, :func:`dataset_image_ids`): when every input image is one of
+    them, the json's ``image_id``s are the dataset's, so that tools reading COCO results for
+    that dataset take the file; otherwise (and for videos) they are the inputs' positions.
 
     Args:
         failures: failures found before (e.g. by :func:`expand_inputs`), reported with the rest.
@@ -582,6 +618,7 @@ def run_demo(
             + (f" -> {out}" if out else "")
         )
     if json_file is not None:
+        _use_dataset_image_ids(coco_results, image_ids)
         os.makedirs(os.path.dirname(json_file) or ".", exist_ok=True)
         with open(json_file, "w") as f:
             json.dump(coco_results, f)

@@ -34,6 +34,7 @@ from .demo import (
     InputError,
     VisualizationDemo,
     class_metadata,
+    dataset_image_ids,
     expand_inputs,
     model_score_threshold,
     output_paths,
@@ -146,7 +147,10 @@ def main(argv=None) -> List[str]:
     else:
         output = video_output_path("webcam", args.output)
         results = run_on_video(demo, 0, output, show=output is None)
-    return run_demo(results, metadata, args.save_json, failures)
+    # The image ids of the dataset that names the classes go into --save-json when the inputs
+    # are its images, for the tools that read COCO results of that dataset.
+    image_ids = dataset_image_ids(metadata.name) if args.save_json else None
+    return run_demo(results, metadata, args.save_json, failures, image_ids)
 
 
 def cli(argv=None) -> None:

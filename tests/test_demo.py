@@ -453,3 +453,38 @@ def test_main_raises_after_writing_what_worked(tmp_path):
         )  # fmt: skip
     assert failed.value.outputs == [str(tmp_path / "out" / "ok.png")]
     assert (tmp_path / "out" / "ok.png").is_file()
+
+
+def test_save_json_uses_the_dataset_image_ids_when_the_inputs_are_its_images(tmp_path):
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(paths[-1])
+    # A dataset whose ids are not the positions: 10, 20 for 0.png, 1.png (2.png is not in it).
+    dicts = [{"file_name": paths[i], "image_id": 10 * (i + 1), "height": 8, "width": 8,
+              "annotations": []} for i in range(2)]  # fmt: skip
+    with registered("demo_ids", dicts) as name:
+        ids = atss_d2.demo.dataset_image_ids(name)
+        assert ids == {str(Path(p).resolve()): 10 * (i + 1) for i, p in enumerate(paths[:2])}
+    assert atss_d2.demo.dataset_image_ids("demo_ids_not_registered") is None
+
+    def results(inputs):
+        for position, path in enumerate(inputs):
+            instances = Instances((8, 8))
+            instances.pred_boxes = Boxes(torch.tensor([[1.0, 1.0, 4.0, 4.0]]))
+            instances.scores = torch.tensor([0.9])
+            instances.pred_classes = torch.tensor([0])
+            yield atss_d2.demo.DemoResult(path, position, instances)
+
+    metadata = Metadata(name="x", thing_classes=["a"])
+    out = tmp_path / "det.json"
+    # The inputs in another order than the dataset's, one through a relative-looking path.
+    inputs = [paths[1], str(tmp_path / "." / "0.png")]
+    run_demo(results(inputs), metadata, str(out), image_ids=ids)
+    assert [(r["file_name"], r["image_id"]) for r in json.loads(out.read_text())] == [
+        (inputs[0], 20),
+        (inputs[1], 10),
+    ]
+    # An input outside the dataset: every image keeps its position, no mix of the two.
+    run_demo(results([paths[1], paths[2]]), metadata, str(out), image_ids=ids)
+    assert [r["image_id"] for r in json.loads(out.read_text())] == [0, 1]
