@@ -155,7 +155,7 @@ def test_coco_size_of_the_stored_pixels_of_a_turned_photo_is_an_error(tmp_path):
     assert name in DatasetCatalog.list()
 
 
-def test_coco_boxes_must_lie_inside_their_image(tmp_path):
+def test_coco_boxes_must_lie_inside_their_image(tmp_path, caplog):
     _jpeg(tmp_path / "a.jpg", 60, 40)
     images = [_image(1, "a.jpg", 60, 40)]
     # Up to 1 px over the edge is rounding (detectron2 clips it); more is an error.
@@ -166,6 +166,11 @@ def test_coco_boxes_must_lie_inside_their_image(tmp_path):
         json_file = _coco(tmp_path, images, [_box(9, 1, bbox)])
         with pytest.raises(ValueError, match="annotation id 9 .* outside its 60x40 image"):
             register_coco_dataset(_name(), json_file, str(tmp_path))
+    # A box of zero width or height: registered, with a warning on what evaluation makes of it.
+    with caplog.at_level(logging.WARNING, logger="atss_d2"):
+        json_file = _coco(tmp_path, images, [_box(4, 1, [5, 5, 0, 3]), _box(5, 1, [1, 1, 9, 9])])
+        register_coco_dataset(_name(), json_file, str(tmp_path))
+    assert "1 box(es) of" in caplog.text and "annotation id 4" in caplog.text
     for bad in ([0, 0, float("nan"), 3], [0, 0, float("inf"), 3]):
         with pytest.raises(ValueError, match="four numbers"):
             register_coco_dataset(

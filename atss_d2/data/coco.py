@@ -235,6 +235,18 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
         metadata["missing_images"] = (len(missing), message)
     if ambiguous:
         logger.warning(ambiguous_orientation_warning(json_file, ambiguous))
+    empty = [
+        a["id"]
+        for a in data["annotations"]
+        if (a["bbox"][2] <= 0 or a["bbox"][3] <= 0) and not a.get("iscrowd", 0)
+    ]
+    if empty:
+        logger.warning(
+            f"{len(empty)} box(es) of {json_file} have zero width or height (e.g. annotation id "
+            f"{empty[0]!r}): training drops them, but COCO evaluation of this json counts each "
+            "as an object to find that no detection can match (lower recall and AP); remove "
+            "them from the json"
+        )
     categories = data["categories"]
     if all(isinstance(c["id"], int) for c in categories):
         # The names and the id map as load_coco_json sets them (ids sorted), known before the
