@@ -38,6 +38,7 @@ from torch.multiprocessing import ProcessRaisedException
 from . import add_atss_config, model_zoo
 from .checkpoint import CheckpointReadError, UnsafeCheckpointError, WeightsNotFoundError
 from .checkpoint.detection_checkpoint import IncompatibleWeightsError
+from .config_checks import check_atss_config
 from .data import add_dataset_arguments, register_datasets_from_args
 from .data.mapper import DatasetAnnotationError, UnreadableImageError
 from .engine import (
@@ -49,6 +50,7 @@ from .engine import (
     merge_config_opts,
     validate_config,
 )
+from .engine.config import check_device
 
 # detectron2's train_net.py calls its trainer "Trainer"; atss_d2's needs no changes here.
 Trainer = ATSSTrainer
@@ -203,6 +205,26 @@ def main(args):
     return trainer.train()
 
 
+def check_before_launch(args) -> None:
+    """
+    The checks of a YAML config that need no dataset (the ``MODEL.ATSS`` values, ``MODEL.DEVICE``
+    on this machine), in the launching process: a run of ``--num-gpus N`` that would stop on
+    them stops before N processes start. Each process checks everything again.
+
+    Raises:
+        ConfigError: naming the file or key.
+    """
+    config_file = resolve_config_file(args.config_file)
+    if lazy.is_lazy_config(config_file):
+        return  # the LazyConfig flow checks its config before it builds anything
+    cfg = get_cfg()
+    add_atss_config(cfg)
+    merge_config_file(cfg, config_file)
+    merge_config_opts(cfg, args.opts)
+    check_atss_config(cfg)
+    check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE", "set MODEL.DEVICE cpu")
+
+
 def get_parser():
     parser = default_argument_parser()
     return add_dataset_arguments(parser)  # --coco-dataset, --voc-dataset, --classes
@@ -215,6 +237,8 @@ def cli(argv=None):
     args = get_parser().parse_args(argv)
     print("Command Line Args:", args)
     try:
+        if args.num_gpus * args.num_machines > 1:
+            check_before_launch(args)  # once, before starting the processes
         launch(
             main,
             args.num_gpus,

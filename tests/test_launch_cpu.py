@@ -77,3 +77,23 @@ def test_several_machines_on_a_loopback_address_are_warned_about(monkeypatch, ca
         True,
         True,
     ]
+
+
+def test_config_errors_stop_before_any_process_starts(monkeypatch):
+    from atss_d2 import train_net
+
+    launched = []
+    monkeypatch.setattr(train_net, "launch", lambda *a, **k: launched.append(a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["train_net.py"])
+    config = ["--config-file", str(REPO / "configs" / "Base-ATSS.yaml"), "--num-gpus", "4"]
+    for opts, message in (
+        (["MODEL.DEVICE", "cuda"], "MODEL.DEVICE is 'cuda', but this machine has no CUDA device"),
+        (["MODEL.DEVICE", "cpu", "MODEL.ATSS.TOPK", "0"], "MODEL.ATSS.TOPK is 0"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            train_net.cli(config + opts)
+        assert e.value.code.startswith("train_net.py: config error: ") and message in e.value.code
+    assert launched == []
+    train_net.cli(config + ["MODEL.DEVICE", "cpu"])  # a valid config goes on to launch
+    assert len(launched) == 1
