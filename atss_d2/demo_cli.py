@@ -20,12 +20,8 @@ import os
 import sys
 from typing import List
 
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-from . import add_atss_config
-from .checkpoint import CheckpointReadError, UnsafeCheckpointError
-from .checkpoint.detection_checkpoint import IncompatibleWeightsError
 from .config_checks import ConfigError, check_atss_config
 from .data import VOCAnnotationError, add_dataset_arguments
 from .demo import (
@@ -43,24 +39,20 @@ from .demo import (
     run_on_video,
     video_output_path,
 )
-from .engine import SafePredictor, lazy, merge_config_file, merge_config_opts
-from .train_net import DataError, register_datasets, resolve_config_file
+from .engine import SafePredictor, lazy
+from .train_net import load_yaml_config, one_line_error, register_datasets, resolve_config_file
 
 
 def setup_cfg(args):
     """The config of ``--config-file`` (a YAML file, or a shipped config's name) and ``--opts``;
     errors name the file and the key (:class:`~atss_d2.engine.ConfigError`)."""
-    config_file = resolve_config_file(args.config_file)
-    if lazy.is_lazy_config(config_file):
+    if lazy.is_lazy_config(resolve_config_file(args.config_file)):
         raise ConfigError(
             f"--config-file {args.config_file} is a LazyConfig (.py); the demo takes a YAML "
             "config: the .yaml of the same model (e.g. configs/Shapes/atss_R_18_FPN_shapes.yaml "
             "for configs/Shapes/atss_R_18_FPN_shapes.py)"
         )
-    cfg = get_cfg()
-    add_atss_config(cfg)
-    merge_config_file(cfg, config_file)
-    merge_config_opts(cfg, args.opts)
+    cfg = load_yaml_config(args.config_file, args.opts)
     check_atss_config(cfg)
     # The threshold is applied to the final (drawn) score after the model; the model's own
     # threshold on p_cls only comes down where it would drop a detection that could pass.
@@ -162,20 +154,16 @@ def cli(argv=None) -> None:
     except DemoFailed as e:
         print(f"{prog}: {e}", file=sys.stderr)  # every failure, after the outputs were written
         sys.exit(1)
-    except DataError as e:
+    except Exception as e:
+        # train_net.py's one-line errors (config, data, weights), and the demo's own inputs.
+        line = one_line_error(e)
+        if line is None and isinstance(e, _DEMO_ERRORS):
+            line = f"error: {e}"
+        if line is None:
+            raise  # a bug: the traceback is needed
         logging.getLogger("detectron2").error(str(e))
-        sys.exit(f"{prog}: data error: {e}")
-    except ConfigError as e:
-        logging.getLogger("detectron2").error(str(e))
-        sys.exit(f"{prog}: config error: {e}")
-    except (
-        InputError,
-        ClassNamesError,
-        VOCAnnotationError,
-        FileNotFoundError,
-        CheckpointReadError,
-        UnsafeCheckpointError,
-        IncompatibleWeightsError,
-    ) as e:
-        logging.getLogger("detectron2").error(str(e))
-        sys.exit(f"{prog}: error: {e}")
+        sys.exit(f"{prog}: {line}")
+
+
+# What the demo's inputs can get wrong, beside train_net.py's one-line errors.
+_DEMO_ERRORS = (InputError, ClassNamesError, VOCAnnotationError, FileNotFoundError)

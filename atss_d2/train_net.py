@@ -27,7 +27,7 @@ import os
 import sys
 from typing import Optional
 
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
@@ -167,14 +167,20 @@ def resolve_config_file(path: str) -> str:
         return path  # merge_config_file names it
 
 
-def setup(args):
-    args.config_file = resolve_config_file(args.config_file)  # default_setup reads it too
+def load_yaml_config(config_file: str, opts) -> CfgNode:
+    """detectron2's config with atss_d2's keys, ``config_file`` (a path, or a shipped config's
+    name) and the ``KEY VALUE`` overrides ``opts`` merged in; errors name the file and the key
+    (:class:`~atss_d2.engine.ConfigError`)."""
     cfg = get_cfg()
     add_atss_config(cfg)
-    merge_config_file(
-        cfg, resolve_config_file(args.config_file)
-    )  # errors name the file and the key
-    merge_config_opts(cfg, args.opts)
+    merge_config_file(cfg, resolve_config_file(config_file))
+    merge_config_opts(cfg, opts)
+    return cfg
+
+
+def setup(args):
+    args.config_file = resolve_config_file(args.config_file)  # default_setup reads it too
+    cfg = load_yaml_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     # atss_d2's own messages (what a weights file left from scratch, data warnings) go to the
@@ -214,13 +220,9 @@ def check_before_launch(args) -> None:
     Raises:
         ConfigError: naming the file or key.
     """
-    config_file = resolve_config_file(args.config_file)
-    if lazy.is_lazy_config(config_file):
+    if lazy.is_lazy_config(resolve_config_file(args.config_file)):
         return  # the LazyConfig flow checks its config before it builds anything
-    cfg = get_cfg()
-    add_atss_config(cfg)
-    merge_config_file(cfg, config_file)
-    merge_config_opts(cfg, args.opts)
+    cfg = load_yaml_config(args.config_file, args.opts)
     check_atss_config(cfg)
     check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE", "set MODEL.DEVICE cpu")
 
