@@ -12,8 +12,8 @@ from ..utils import read_json
 from .image_size import (
     AMBIGUOUS_ORIENTATIONS,
     ambiguous_orientation_warning,
-    read_image_header,
     size_problem,
+    try_read_image_header,
 )
 
 __all__ = ["register_coco_dataset", "validate_coco_json"]
@@ -147,9 +147,8 @@ def _check_image_files(
         if not os.path.isfile(path):
             missing.append(index)
             continue
-        try:
-            header = read_image_header(path)
-        except (OSError, ValueError, SyntaxError):
+        header = try_read_image_header(path)
+        if header is None:
             continue  # the data loader raises, or skips it with SKIP_UNREADABLE_IMAGES
         problem = size_problem(path, header, image["width"], image["height"])
         if problem:
@@ -197,7 +196,7 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
 
     Every image's header is read: a width and height that do not fit the image as loaded
     (after its EXIF orientation; :mod:`atss_d2.data.image_size`) is an error. Missing image
-    files are counted in a warning and recorded in the metadata (``missing_images``), where
+    files are counted in a warning, which the metadata keeps (``missing_images``), where
     :func:`atss_d2.engine.validate_config` stops a run that would need them: every evaluation,
     and training unless ``DATALOADER.SKIP_UNREADABLE_IMAGES``.
 
@@ -232,7 +231,7 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
         logger.warning(message)
         # For validate_config: evaluation needs every image; training only with
         # DATALOADER.SKIP_UNREADABLE_IMAGES.
-        metadata["missing_images"] = (len(missing), message)
+        metadata["missing_images"] = message
     if ambiguous:
         logger.warning(ambiguous_orientation_warning(json_file, ambiguous))
     empty = [

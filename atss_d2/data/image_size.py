@@ -21,6 +21,7 @@ __all__ = [
     "ambiguous_orientation_warning",
     "read_image_header",
     "size_problem",
+    "try_read_image_header",
 ]
 
 _ORIENTATION_TAG = 0x0112
@@ -82,6 +83,15 @@ def read_image_header(path: str) -> ImageHeader:
     if not isinstance(orientation, int) or not 1 <= orientation <= 8:
         orientation = 1  # a malformed tag: Pillow's exif_transpose leaves such images as stored
     return ImageHeader(width, height, orientation)
+
+
+def try_read_image_header(path: str) -> Optional[ImageHeader]:
+    """:func:`read_image_header`, or None when Pillow cannot read the file (the data loader then
+    raises on it or, with ``DATALOADER.SKIP_UNREADABLE_IMAGES``, skips it)."""
+    try:
+        return read_image_header(path)
+    except (OSError, ValueError, SyntaxError):  # what Pillow raises for unreadable files
+        return None
 
 
 def size_problem(path: str, header: ImageHeader, width: int, height: int) -> Optional[str]:

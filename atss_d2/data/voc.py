@@ -50,10 +50,9 @@ from detectron2.structures import BoxMode
 
 from .image_size import (
     AMBIGUOUS_ORIENTATIONS,
-    ImageHeader,
     ambiguous_orientation_warning,
-    read_image_header,
     size_problem,
+    try_read_image_header,
 )
 
 __all__ = [
@@ -158,15 +157,6 @@ def _size_from_xml(xml_file: str, root: ET.Element) -> Tuple[int, int]:
     return values[0], values[1]
 
 
-def _read_header(image_file: str) -> Optional[ImageHeader]:
-    """``image_file``'s header, or None when Pillow cannot read it (the data loader then raises
-    or, with ``DATALOADER.SKIP_UNREADABLE_IMAGES``, skips the image)."""
-    try:
-        return read_image_header(image_file)
-    except (OSError, ValueError, SyntaxError):  # what PIL raises for unreadable files
-        return None
-
-
 def _parse_object(xml_file: str, index: int, obj: ET.Element, width: int, height: int) -> _Object:
     """Check one ``<object>`` (``index``: its position in the file, from 1) against the image's
     ``width`` x ``height``."""
@@ -222,7 +212,7 @@ def _read_xml(xml_file: str, images_dir: str) -> Tuple[Dict, List[_Object], int]
         raise VOCAnnotationError(f"{xml_file} lacks <filename> (the image's file name)")
     image_file = _find_image(xml_file, filename, images_dir)
     width, height = _size_from_xml(xml_file, root)
-    header = _read_header(image_file)
+    header = try_read_image_header(image_file)
     if width == 0 or height == 0:
         if header is None:
             raise VOCAnnotationError(

@@ -200,16 +200,15 @@ def check_dataset_images(
 ) -> None:
     """
     Raise :class:`ConfigError` for the first of ``names`` (set by ``key``) whose registration
-    found image files missing (``register_coco_dataset`` records them in the metadata as
+    found image files missing (``register_coco_dataset`` keeps its warning in the metadata as
     ``missing_images``). Training passes the key that skips unreadable images (``skip_key``,
     e.g. ``DATALOADER.SKIP_UNREADABLE_IMAGES``) and its value (``skip``): set, the missing
     files are skipped and not an error. Evaluation passes neither: it needs every image.
     """
     for name in names:
-        found = MetadataCatalog.get(name).get("missing_images")
-        if not found or skip:
+        message = MetadataCatalog.get(name).get("missing_images")
+        if not message or skip:
             continue
-        _, message = found
         if skip_key:
             fix = f"or set {skip_key} True to train without them"
         else:
@@ -276,9 +275,9 @@ def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
     """
     Check, before anything is built, what would otherwise fail late or silently: the datasets
     of ``DATASETS.TRAIN`` (if ``train``) and ``DATASETS.TEST`` are registered with their image
-    files on disk (:func:`check_dataset_images`), their classes
-    match ``MODEL.ATSS.NUM_CLASSES`` (where the metadata already lists them; the trainer checks
-    the rest once the datasets are loaded), and the solver's periods are positive.
+    files on disk (:func:`check_dataset_images`), their classes match
+    ``MODEL.ATSS.NUM_CLASSES`` (where the metadata already lists them; the trainer checks the
+    rest once the datasets are loaded), and the solver's periods are positive.
 
     Raises:
         ConfigError: naming the key and the problem.
