@@ -54,7 +54,7 @@ from .config import (
     check_datasets_registered,
     check_device,
 )
-from .predictor import check_head_for_inference, warn_if_head_untrained
+from .predictor import check_head_for_inference
 from .stop import StopOnSignal
 
 __all__ = [
@@ -311,7 +311,6 @@ def evaluate(cfg: DictConfig, resume: bool = False) -> Dict[str, Any]:
     report = checkpointer.last_load_report
     weights = report.path if report else cfg.train.init_checkpoint
     check_head_for_inference(weights, report, key="model.num_classes")
-    warn_if_head_untrained(weights, report)
     return do_test(cfg, model)
 
 

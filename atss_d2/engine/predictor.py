@@ -41,23 +41,26 @@ def warn_if_head_untrained(weights: str, report: Optional[LoadReport]) -> bool:
 
 def check_head_for_inference(
     weights: str, report: Optional[LoadReport], key: str = "MODEL.ATSS.NUM_CLASSES"
-) -> None:
+) -> bool:
     """
     Refuse to run inference with a head that ``weights`` provided only in part: a head tensor
     whose shape differs from the model's (e.g. the classification layer of a checkpoint with
     another number of classes) is left at its random initialisation, which makes the
     detections meaningless. Training from such weights is fine (fine-tuning on new classes).
-    ``report`` is the checkpointer's :attr:`~SafeDetectionCheckpointer.last_load_report`;
-    ``key`` is the config key of the number of classes, named in the error.
+    A head that did not come from ``weights`` at all is a warning
+    (:func:`warn_if_head_untrained`). ``report`` is the checkpointer's
+    :attr:`~SafeDetectionCheckpointer.last_load_report`; ``key`` is the config key of the
+    number of classes, named in the error.
+
+    Returns:
+        whether it warned of an untrained head.
 
     Raises:
         IncompatibleWeightsError: naming the file, the tensors and what to set.
     """
-    if report is None:
-        return
-    head = [entry for entry in report.reinitialised if entry[0].startswith("head.")]
+    head = [e for e in report.reinitialised if e[0].startswith("head.")] if report else []
     if not head:
-        return
+        return warn_if_head_untrained(weights, report)
     file_classes = report.checkpoint_num_classes()
     if file_classes is not None:
         raise IncompatibleWeightsError(
@@ -94,8 +97,8 @@ class SafePredictor(DefaultPredictor):
     detectron2's :class:`DefaultPredictor` (same ``__call__``: one BGR/RGB HWC uint8 image in,
     ``{"instances": ...}`` out), but ``MODEL.WEIGHTS`` is read by
     :class:`SafeDetectionCheckpointer`, which refuses pickles that would run code, and a model
-    whose head is not from the weights file is reported (:func:`warn_if_head_untrained`). A
-    head that only partly fits the config (another number of classes) raises
+    whose head is not from the weights file is reported, and a head that only partly fits the
+    config (another number of classes) raises
     :class:`~atss_d2.checkpoint.detection_checkpoint.IncompatibleWeightsError`
     (:func:`check_head_for_inference`).
     """
@@ -113,5 +116,4 @@ class SafePredictor(DefaultPredictor):
             checkpointer = SafeDetectionCheckpointer(self.model)
             checkpointer.load(weights)
             report = checkpointer.last_load_report
-            check_head_for_inference(weights, report)
-        self.head_untrained = warn_if_head_untrained(weights, report)
+        self.head_untrained = check_head_for_inference(weights, report)

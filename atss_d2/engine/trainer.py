@@ -31,7 +31,7 @@ from ..solver import build_optimizer
 from .amp import amp_trainer_class
 from .checkpoint import SafeAtomicCheckpointer
 from .config import ConfigError, check_num_classes, validate_config
-from .predictor import check_head_for_inference, warn_if_head_untrained
+from .predictor import check_head_for_inference
 from .stop import StopOnSignal
 
 __all__ = ["ATSSTrainer", "frozen_random_layers"]
@@ -273,7 +273,6 @@ class ATSSTrainer(DefaultTrainer):
         loaded = checkpointer.last_load_report
         weights = loaded.path if loaded else cfg.MODEL.WEIGHTS
         check_head_for_inference(weights, loaded)
-        warn_if_head_untrained(weights, loaded)
         res = cls._by_dataset(cfg, cls.test(cfg, model))
         if cfg.TEST.AUG.ENABLED:
             res.update(cls.test_with_TTA(cfg, model))
