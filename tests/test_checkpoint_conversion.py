@@ -802,24 +802,58 @@ def test_unknown_keys_missing_tensors_and_shape_mismatches_are_errors(tmp_path, 
     assert "no 'model' entry" in capsys.readouterr().err
 
 
-def test_torchvision_resnet18_needs_a_config_and_fails_without_claiming_success(tmp_path, capsys):
+@pytest.mark.parametrize("depth, num_tensors", [(18, 100), (34, 180)])
+def test_torchvision_basic_block_resnets_get_their_depth(tmp_path, capsys, depth, num_tensors):
+    """ResNet-18/34 (basic blocks, no conv3) are not taken for a ResNet-50, although an R-34's
+    res4 has 6 blocks like an R-50's. Tensors: the stem conv, 2 convs per block (8 blocks in an
+    R-18, 16 in an R-34) and 3 shortcut convs, each with a BN of 4 tensors (its counter is
+    dropped): 5 x 20 = 100 and 5 x 36 = 180."""
+    torchvision = pytest.importorskip("torchvision")
+    src_path, out_path = str(tmp_path / f"resnet{depth}.pth"), str(tmp_path / f"R-{depth}.pkl")
+    model = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    torch.save(model.state_dict(), src_path)
+    tool = load_tool()
+    assert tool.main(["--source", "torchvision", src_path, out_path]) == 0
+    out = capsys.readouterr().out
+    assert f"model: {num_tensors}/{num_tensors} tensors filled, 0 missing" in out
+    assert "conversion OK" in out and os.path.exists(out_path)
+    use = next(line for line in out.splitlines() if line.startswith("use: "))
+    assert f"MODEL.RESNETS.DEPTH {depth} " in use
+    assert "MODEL.RESNETS.RES2_OUT_CHANNELS 64" in use
+
+
+def test_unknown_resnet_depth_fails_without_claiming_success(tmp_path, capsys):
+    torchvision = pytest.importorskip("torchvision")
+    src_path, out_path = str(tmp_path / "resnet18.pth"), str(tmp_path / "R-18.pkl")
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    # A third res4 block: no ResNet has 3 basic blocks there.
+    state.update(
+        {k.replace("layer3.1.", "layer3.2."): v for k, v in state.items() if "layer3.1." in k}
+    )
+    torch.save(state, src_path)
+    tool = load_tool()
+    assert tool.main(["--source", "torchvision", src_path, out_path]) == 1
+    out = capsys.readouterr()
+    assert "conversion OK" not in out.out + out.err
+    assert "cannot tell the ResNet variant (res4 has 3 basic blocks, expected 2 or 6)" in out.err
+    assert "pass --config-file" in out.err and "nothing written" in out.err
+    assert not os.path.exists(out_path)
+
+
+def test_torchvision_resnet18_with_the_cpu_config_drops_the_counters(tmp_path, capsys):
     torchvision = pytest.importorskip("torchvision")
     src_path, out_path = str(tmp_path / "resnet18.pth"), str(tmp_path / "R-18.pkl")
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), src_path)
     tool = load_tool()
-    # res4 of a ResNet-18 has 2 blocks: no shipped config is chosen for it.
-    assert tool.main(["--source", "torchvision", src_path, out_path]) == 1
-    out = capsys.readouterr()
-    assert "conversion OK" not in out.out + out.err
-    assert "cannot tell the ResNet variant (res4 has 2 blocks" in out.err
-    assert "pass --config-file" in out.err and "nothing written" in out.err
-    assert not os.path.exists(out_path)
-
     # With the config of a BatchNorm ResNet-18 it converts; the counters are dropped.
     config = "configs/Custom/atss_R_18_FPN_cpu.yaml"
     assert tool.main(["--source", "torchvision", src_path, out_path, "--config-file", config]) == 0
     out = capsys.readouterr().out
     assert "conversion OK" in out and os.path.exists(out_path)
+    # 100 weight tensors as in the test above; the model's 20 BN counters are not among them.
+    assert "model: 100/100 tensors filled, 0 missing" in out
+    assert "model: 20 BatchNorm step counters (num_batches_tracked) start at 0" in out
     counter_rows = [line for line in out.splitlines() if "num_batches_tracked" in line]
+    counter_rows = [line for line in counter_rows if "(ignored)" in line]
     assert len(counter_rows) == 4  # the stem's, the blocks' bn1 and bn2, the shortcuts'
     assert all(line.endswith(BN_COUNTER_REASON) for line in counter_rows)

@@ -254,7 +254,8 @@ class ConversionReport:
     shape_mismatches: List[Tuple[str, str, Tuple[int, ...], Tuple[int, ...]]] = field(
         default_factory=list
     )
-    num_target: Optional[int] = None
+    num_target: Optional[int] = None  # target tensors to fill (BN step counters not counted)
+    counters_at_zero: int = 0  # target BN step counters the checkpoint leaves at 0
     notes: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
 
@@ -326,6 +327,11 @@ class ConversionReport:
                 f"model: {filled}/{self.num_target} tensors filled, {len(self.missing)} missing, "
                 f"{len(self.unexpected)} unexpected, {len(self.shape_mismatches)} shape mismatches"
             )
+            if self.counters_at_zero:
+                lines.append(
+                    f"model: {self.counters_at_zero} BatchNorm step counters (num_batches_tracked) "
+                    "start at 0"
+                )
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"WARNING: {w}" for w in self.warnings]
         problems = self.problems()
@@ -469,11 +475,13 @@ def verify_against(
     ``missing``, ``unexpected`` and ``shape_mismatches`` in place and returns it.
     """
     source_of = {dst: src for src, dst, _, _ in report.mapped}
-    report.num_target = len(target_shapes)
     # BatchNorm step counters (models with trainable BN) start at 0; no weights live there.
-    report.missing = [
-        k for k in target_shapes if k not in converted and not k.endswith("num_batches_tracked")
+    counters = [
+        k for k in target_shapes if k.endswith("num_batches_tracked") and k not in converted
     ]
+    report.num_target = len(target_shapes) - len(counters)
+    report.counters_at_zero = len(counters)
+    report.missing = [k for k in target_shapes if k not in converted and k not in counters]
     report.unexpected = [k for k in converted if k not in target_shapes]
     report.shape_mismatches = [
         (k, source_of.get(k, "?"), tuple(v.shape), tuple(target_shapes[k]))
@@ -486,7 +494,10 @@ def verify_against(
 # ------------------------------------------------------------------------------------------
 # Architecture of a converted state dict (to choose the config)
 # ------------------------------------------------------------------------------------------
+# Depth from the number of res4 blocks: bottleneck blocks (conv1-conv3), basic blocks (conv1-conv2,
+# ResNet-18/34; detectron2's ResNet builds them for depths 18 and 34).
 _DEPTH_FROM_RES4 = {6: 50, 23: 101, 36: 152}
+_BASIC_DEPTH_FROM_RES4 = {2: 18, 6: 34}
 
 
 @dataclass(frozen=True)
@@ -515,6 +526,9 @@ class ModelArch:
         opts = ["MODEL.RESNETS.DEPTH", str(self.depth)]
         opts += ["MODEL.RESNETS.NUM_GROUPS", str(self.num_groups)]
         opts += ["MODEL.RESNETS.WIDTH_PER_GROUP", str(self.width_per_group)]
+        if self.depth in _BASIC_DEPTH_FROM_RES4.values():
+            # detectron2 builds basic blocks only with 64 res2 channels (Base-ATSS says 256).
+            opts += ["MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
         if self.num_groups > 1:
             # ResNeXt weights (torchvision's, FAIR's used by the ATSS authors) stride in the 3x3.
             opts += ["MODEL.RESNETS.STRIDE_IN_1X1", "False"]
@@ -534,12 +548,14 @@ def infer_model_arch(converted: Mapping[str, torch.Tensor]) -> ModelArch:
         m = re.match(re.escape(prefix) + r"res4\.(\d+)\.", key)
         if m:
             res4_blocks.add(int(m.group(1)))
-    depth = _DEPTH_FROM_RES4.get(len(res4_blocks))
     conv2 = converted.get(prefix + "res2.0.conv2.weight")
+    basic = conv2 is not None and prefix + "res2.0.conv3.weight" not in converted
+    depth = (_BASIC_DEPTH_FROM_RES4 if basic else _DEPTH_FROM_RES4).get(len(res4_blocks))
     if depth is None or conv2 is None:
+        kind, known = ("basic", "2 or 6") if basic else ("bottleneck", "6, 23 or 36")
         raise ConversionError(
-            f"cannot tell the ResNet variant (res4 has {len(res4_blocks)} blocks, expected 6, 23 "
-            "or 36); pass --config-file"
+            f"cannot tell the ResNet variant (res4 has {len(res4_blocks)} {kind} blocks, "
+            f"expected {known}); pass --config-file"
         )
     bottleneck = conv2.shape[0]
     groups = bottleneck // conv2.shape[1]
