@@ -12,13 +12,19 @@ add false positives.
 """
 
 import contextlib
+import hashlib
 import io
+import json
+import logging
 import math
+import os
 from collections import OrderedDict, defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 from xml.etree import ElementTree
 
 import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
 from detectron2.utils import comm
@@ -27,10 +33,13 @@ from pycocotools.cocoeval import COCOeval
 
 from .utils import has_compiled_ops
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "ATSSCOCOEvaluator",
     "ATSSPascalVOCEvaluator",
     "empty_coco_results",
+    "repair_coco_ground_truth",
     "voc_average_precision",
     "voc_class_ap",
 ]
@@ -50,12 +59,66 @@ def empty_coco_results(coco_gt: COCO) -> COCO:
     return coco_dt
 
 
+def repair_coco_ground_truth(coco_gt: COCO, source: str = "the ground truth") -> List[str]:
+    """
+    Make a COCO instances ground truth evaluable by pycocotools, in place, and say what was
+    changed (nothing for a json as the COCO format defines it):
+
+    - annotation ids that are not whole numbers >= 1 are renumbered 1, 2, ...: pycocotools'
+      ``COCOeval.evaluateImg`` records a matched detection by its ground truth's id, 0 meaning
+      "unmatched", so a ground truth of id 0 cannot be matched (Label Studio's COCO export
+      numbers annotations from 0);
+    - a missing ``iscrowd`` is 0 and a missing ``area`` the box's width x height (COCOeval reads
+      both for every annotation).
+    """
+    anns = coco_gt.dataset.get("annotations", [])
+    changes = []
+    ids = [a.get("id") for a in anns]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in ids):
+        for new_id, ann in enumerate(anns, start=1):
+            ann["id"] = new_id
+        changes.append("annotation ids renumbered from 1 (pycocotools cannot match an id 0)")
+    no_crowd = [a for a in anns if "iscrowd" not in a]
+    for ann in no_crowd:
+        ann["iscrowd"] = 0
+    if no_crowd:
+        changes.append(f"'iscrowd' 0 given to {len(no_crowd)} annotations without it")
+    no_area = [a for a in anns if "area" not in a]
+    for ann in no_area:
+        ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+    if no_area:
+        changes.append(f"'area' (box width x height) given to {len(no_area)} annotations")
+    if changes:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt.createIndex()
+        logger.info(f"COCO evaluation of {source}: " + "; ".join(changes))
+    return changes
+
+
+def _dataset_digest(dataset_name: str) -> str:
+    """A digest of a registered dataset's dicts: changes when its annotations change."""
+    dicts = DatasetCatalog.get(dataset_name)
+    text = json.dumps(dicts, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
 class ATSSCOCOEvaluator(COCOEvaluator):
     """
     ``COCOEvaluator`` for box detection that reports 0 AP (not NaN) when the model returns no
     detection on the whole dataset. Keyword arguments as ``COCOEvaluator``; ``tasks`` defaults to
     ``("bbox",)`` and ``use_fast_impl`` to whether detectron2's compiled ops are available;
     ``plus_one`` writes the authors' "+1" widths (see :meth:`process`).
+
+    Also:
+
+    - a dataset without a COCO json (VOC folders, datasets of dicts) is converted to
+      ``<output_dir>/<name>_coco_format_<digest>.json``, the digest taken from its dicts:
+      detectron2 caches ``<name>_coco_format.json`` and keeps evaluating against it after the
+      annotations change;
+    - the ground truth is repaired where pycocotools would misjudge it
+      (:func:`repair_coco_ground_truth`);
+    - a warning says when an image has more objects than ``max_dets_per_image`` (default
+      100) detections are evaluated: its recall, and so AP, cannot reach 100.
     """
 
     def __init__(
@@ -71,6 +134,14 @@ class ATSSCOCOEvaluator(COCOEvaluator):
     ):
         if use_fast_impl is None:
             use_fast_impl = has_compiled_ops()
+        metadata = MetadataCatalog.get(dataset_name)
+        if output_dir is not None and not hasattr(metadata, "json_file"):
+            path = os.path.join(
+                output_dir, f"{dataset_name}_coco_format_{_dataset_digest(dataset_name)}.json"
+            )
+            if not os.path.exists(path):
+                convert_to_coco_json(dataset_name, path, allow_cached=False)
+            metadata.json_file = path  # as COCOEvaluator sets its own conversion's path
         super().__init__(
             dataset_name,
             tasks=tuple(tasks),
@@ -81,6 +152,24 @@ class ATSSCOCOEvaluator(COCOEvaluator):
         )
         self._img_ids = None
         self._plus_one = bool(plus_one)
+        repair_coco_ground_truth(self._coco_api, self._metadata.json_file)
+        self._warn_if_capped(dataset_name)
+
+    def _warn_if_capped(self, dataset_name: str) -> None:
+        per_image = defaultdict(int)
+        for ann in self._coco_api.dataset.get("annotations", []):
+            if not ann.get("iscrowd", 0):
+                per_image[ann["image_id"]] += 1
+        max_dets = self._max_dets_per_image[2]
+        crowded = [i for i, n in per_image.items() if n > max_dets]
+        if crowded:
+            most = max(per_image.values())
+            self._logger.warning(
+                f"{len(crowded)} images of {dataset_name} have more objects than the "
+                f"{max_dets} detections per image COCO evaluation counts (up to {most}, e.g. "
+                f"image id {crowded[0]!r}): their recall, and AP, stay below 100. Raise "
+                "TEST.DETECTIONS_PER_IMAGE (the evaluation then counts as many)."
+            )
 
     def process(self, inputs, outputs):
         """detectron2's, and with ``plus_one`` (the authors' ``MODEL.ATSS.LEGACY_PLUS_ONE``)

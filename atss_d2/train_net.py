@@ -119,7 +119,7 @@ def one_line_error(error: BaseException) -> Optional[str]:
     if found is None:
         return None
     cls, kind, message = found
-    if issubclass(cls, UnreadableImageError):
+    if issubclass(cls, UnreadableImageError) and "skipped as unreadable" not in message:
         message = f"{message} ({SKIP_HINT})"
     return f"{kind}: {message}"
 

@@ -132,6 +132,22 @@ def test_missing_image_in_a_loader_worker_is_one_line_with_the_skip_hint(
     assert "Caught UnreadableImageError in DataLoader worker process 0" in log
 
 
+def test_no_readable_training_image_with_skipping_is_one_line(coco, tmp_path, monkeypatch):
+    dicts = [dict(d, file_name=str(tmp_path / f"gone{i}.png")) for i, d in enumerate(coco[2])]
+    with registered("cli_all_missing", dicts):
+        argv = _train_argv("cli_all_missing", tmp_path / "out", workers=1)
+        argv += ["DATALOADER.SKIP_UNREADABLE_IMAGES", "True"]
+        line = _exit_line(train_net.cli, argv, monkeypatch, "train_net.py")
+    # Skipping is on already: no hint to turn it on.
+    assert line == (
+        "train_net.py: data error: None of the 2 images of the training set could be read (all "
+        "were skipped as unreadable); check the image paths of the dataset"
+    )
+    # The traceback is kept in log.txt. (The console is checked in the test above: here
+    # detectron2's logger, set up once per process, still writes to that test's capture.)
+    assert "UnreadableImageError" in (tmp_path / "out" / "log.txt").read_text()
+
+
 def test_image_size_mismatch_is_one_line(coco, tmp_path, monkeypatch):
     dicts = [dict(d) for d in coco[2]]
     dicts[1]["height"] = 50  # the file is 64 high, 80 wide; detectron2 says (width, height)

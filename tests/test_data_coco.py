@@ -120,6 +120,9 @@ def test_undeclared_category_names_annotation_and_file(dataset):
         (lambda d: d["images"].append(dict(d["images"][0])), "duplicate id 1 in 'images'"),
         (lambda d: d.update(categories=[]), "'categories' is empty"),
         (lambda d: d.update(images={}), "'images' must be a list"),
+        (lambda d: d.update(images=[], annotations=[]), "'images' is empty"),
+        # detectron2's load_coco_json asserts on it; "ignore": 0 passes (the loader accepts it).
+        (lambda d: d["annotations"][0].update(ignore=1), 'annotation id 7 has "ignore": 1'),
     ],
 )
 def test_other_inconsistencies(dataset, change, message):

@@ -255,7 +255,7 @@ def test_unreadable_images_raise_or_are_skipped(cfg, files):
     )
     assert [dataset[i]["image_id"] for i in range(3)] == [0, 2, 2]
     all_bad = SkippingMapDataset([record(files["missing"], 64, 80, [])] * 3, skipping)
-    with pytest.raises(RuntimeError, match="None of the 3 images"):
+    with pytest.raises(UnreadableImageError, match="None of the 3 images"):
         all_bad[1]
 
 

@@ -46,9 +46,10 @@ def _check_entries(json_file: str, data: Dict[str, Any], section: str) -> None:
 def validate_coco_json(json_file: str) -> Dict[str, Any]:
     """
     Read a COCO instances json and check what detectron2's loader and COCO evaluation rely
-    on: top-level "images", "categories" (non-empty) and "annotations" (may be absent for a
-    test set without labels); the required keys of every entry; unique ids; annotations that
-    name a declared category and an existing image; image sizes of whole positive numbers;
+    on: top-level "images" and "categories" (both non-empty) and "annotations" (may be absent
+    for a test set without labels); the required keys of every entry; unique ids; annotations
+    that name a declared category and an existing image, without a non-zero "ignore" (which
+    detectron2's loader refuses); image sizes of whole positive numbers;
     boxes of four finite numbers, width and height >= 0, inside their image (up to 1 px over
     the edge, as rounding in annotation tools gives; detectron2 clips such boxes).
 
@@ -74,6 +75,8 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
         _check_entries(json_file, data, section)
     if not data["categories"]:
         raise ValueError(f"{json_file}: 'categories' is empty; declare at least one category")
+    if not data["images"]:
+        raise ValueError(f"{json_file}: 'images' is empty; the dataset has no image")
 
     for section in ("images", "categories", "annotations"):
         seen = set()
@@ -105,6 +108,14 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
             raise ValueError(
                 f"{json_file}: annotation id {ann['id']!r} has image_id {ann['image_id']!r}, "
                 "which is not in 'images'"
+            )
+        if ann.get("ignore", 0):
+            # detectron2's load_coco_json refuses the key (an assertion). COCO evaluation
+            # ignores detections on crowd regions; training leaves crowd boxes out.
+            raise ValueError(
+                f"{json_file}: annotation id {ann['id']!r} has \"ignore\": "
+                f"{ann['ignore']!r}, which detectron2 does not support; mark regions to ignore "
+                'with "iscrowd": 1 instead'
             )
         bbox = ann["bbox"]
         if (

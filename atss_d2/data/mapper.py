@@ -404,7 +404,7 @@ class SkippingMapDataset(Dataset):
     """
     ``mapper`` applied to a list of dataset dicts (held serialized, as detectron2 does). When the
     mapper returns None for an item (an unreadable image it was told to skip), the next items
-    are tried in order; if none of the dataset can be mapped, a RuntimeError says so.
+    are tried in order; if none of the dataset can be mapped, an UnreadableImageError says so.
     """
 
     def __init__(self, dataset_dicts: List[Dict], mapper: Callable[[Dict], Optional[Dict]]):
@@ -426,7 +426,7 @@ class SkippingMapDataset(Dataset):
             if data is not None:
                 return data
             self._failed.add(cur)
-        raise RuntimeError(
+        raise UnreadableImageError(
             f"None of the {n} images of the training set could be read (all were skipped as "
             "unreadable); check the image paths of the dataset"
         )

@@ -204,8 +204,13 @@ class ATSSTrainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
         if evaluator_type == "coco":
+            # COCO's 100 detections per image, or as many as the model keeps when that is more.
+            max_dets = cfg.TEST.DETECTIONS_PER_IMAGE
             return ATSSCOCOEvaluator(
-                dataset_name, output_dir=output_folder, plus_one=cfg.MODEL.ATSS.LEGACY_PLUS_ONE
+                dataset_name,
+                output_dir=output_folder,
+                plus_one=cfg.MODEL.ATSS.LEGACY_PLUS_ONE,
+                max_dets_per_image=max_dets if max_dets > 100 else None,
             )
         if evaluator_type == "pascal_voc":
             return ATSSPascalVOCEvaluator(dataset_name)
