@@ -9,7 +9,12 @@ def add_atss_config(cfg):
     ``MODEL.RETINANET``'s mean the same thing. Defaults follow mmdetection's
     ``configs/atss/atss_r50_fpn_1x_coco.py``; ``configs/Original`` switches to the behaviour of
     the authors' code (sfzhang15/ATSS) where the two differ.
+
+    A config that has the keys already (e.g. from :func:`atss_d2.model_zoo.get_config`) is
+    returned as it is: adding them again would reset the values merged into it.
     """
+    if "ATSS" in cfg.MODEL:
+        return cfg
     _C = cfg
     _C.MODEL.ATSS = CN()
     # Number of foreground classes.

@@ -4,6 +4,7 @@ option): unknown keys, wrong types, bad YAML, unregistered datasets, and MODEL.A
 that does not match the dataset's classes.
 """
 
+import logging
 import os
 import re
 import subprocess
@@ -23,6 +24,7 @@ from atss_d2.engine import (
     merge_config_opts,
     validate_config,
 )
+from atss_d2.engine.config import warn_unused_retinanet_keys
 
 
 def fresh_cfg():
@@ -116,6 +118,44 @@ def test_num_classes_must_match_the_datasets(tmp_path):
         )
         with pytest.raises(ConfigError, match="'shapes_val' has 3 classes"):
             validate_config(cfg, train=False)
+
+
+def test_datasets_must_name_the_same_classes_in_the_same_order(tmp_path):
+    """Same count, other order: class id 0 would be "a" in training and "b" in evaluation."""
+    with registered("cfg_ab", [], classes=("a", "b")) as ab, registered(
+        "cfg_ba", [], classes=("b", "a")
+    ) as ba, registered("cfg_ab2", [], classes=("a", "b")) as ab2:
+        opts = ["MODEL.ATSS.NUM_CLASSES", "2", "DATASETS.TRAIN", f"('{ab}',)"]
+        validate_config(tiny_cfg(tmp_path, *opts, "DATASETS.TEST", f"('{ab2}',)"))
+        for train in (True, False):  # --eval-only: the registered training set takes part
+            cfg = tiny_cfg(tmp_path, *opts, "DATASETS.TEST", f"('{ba}',)")
+            with pytest.raises(ConfigError) as info:
+                validate_config(cfg, train=train)
+            assert str(info.value).startswith(
+                "datasets 'cfg_ab' and 'cfg_ba' name their classes differently (a, b / b, a)"
+            )
+        # An unregistered training set does not stop --eval-only.
+        cfg = tiny_cfg(tmp_path, "MODEL.ATSS.NUM_CLASSES", "2", "DATASETS.TRAIN", "('nowhere',)")
+        cfg.DATASETS.TEST = (ba,)
+        validate_config(cfg, train=False)
+
+
+def test_retinanet_keys_are_named_as_unused(tmp_path, caplog):
+    cfg = tiny_cfg(
+        tmp_path, "MODEL.RETINANET.SCORE_THRESH_TEST", "0.3", "MODEL.RETINANET.IOU_THRESHOLDS",
+        "[0.4, 0.6]", "MODEL.RETINANET.NORM", "",  # detectron2's default: no warning
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="atss_d2.engine.config"):
+        assert warn_unused_retinanet_keys(cfg) == ["IOU_THRESHOLDS", "SCORE_THRESH_TEST"]
+    assert (
+        "MODEL.RETINANET.SCORE_THRESH_TEST is 0.3, but the ATSS model does not read "
+        "MODEL.RETINANET: set MODEL.ATSS.SCORE_THRESH_TEST instead"
+    ) in caplog.text
+    assert "MODEL.RETINANET.IOU_THRESHOLDS is [0.4, 0.6], but" in caplog.text
+    assert "ATSS has no such setting" in caplog.text
+    # Another meta-architecture reads them.
+    cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    assert warn_unused_retinanet_keys(cfg) == []
 
 
 def test_num_classes_of_a_lazy_coco_dataset_is_checked_when_loaded(tmp_path):

@@ -40,6 +40,18 @@ def test_get_config_adds_atss_and_merges_the_file():
         model_zoo.get_config_file("COCO/atss.yaml")
 
 
+def test_adding_the_keys_again_keeps_the_merged_values():
+    """As after detectron2's get_cfg(): add_atss_config on a model_zoo config changes nothing
+    (the Original configs set the authors' behaviour, against the defaults)."""
+    from atss_d2 import add_atss_config
+
+    cfg = model_zoo.get_config("Original/atss_R_50_FPN_1x.yaml")
+    assert cfg.MODEL.ATSS.LEGACY_PLUS_ONE and cfg.MODEL.ATSS.FPN.P7_RELU
+    before = cfg.dump()
+    add_atss_config(cfg)
+    assert cfg.dump() == before
+
+
 def test_get_builds_the_model():
     model = model_zoo.get("Shapes/atss_R_18_FPN_shapes.yaml", device="cpu")
     assert isinstance(model, ATSS) and model.training

@@ -13,7 +13,7 @@ import difflib
 import logging
 import os
 import re
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import yaml
@@ -33,6 +33,7 @@ __all__ = [
     "merge_config_file",
     "merge_config_opts",
     "validate_config",
+    "warn_unused_retinanet_keys",
 ]
 
 logger = logging.getLogger(__name__)
@@ -238,20 +239,35 @@ def check_dataset_classes(
     fix: str = "set MODEL.ATSS.NUM_CLASSES {}",
 ) -> List[str]:
     """:func:`check_num_classes` for a number of classes set by ``key`` (named in the error,
-    with ``fix`` formatted with the datasets' count), e.g. a LazyConfig's ``model.num_classes``."""
-    unchecked = []
+    with ``fix`` formatted with the datasets' count), e.g. a LazyConfig's ``model.num_classes``.
+    Datasets that list their classes must also list the same names in the same order: class id
+    ``i`` of one is class id ``i`` of the other (training on one, evaluating on another, or
+    training on both)."""
+    unchecked, first = [], None
     for name in dataset_names:
         classes = MetadataCatalog.get(name).get("thing_classes")
         if classes is None:
             unchecked.append(name)
             continue
         if len(classes) != num_classes:
-            shown = ", ".join(map(str, classes[:8])) + (", ..." if len(classes) > 8 else "")
             raise ConfigError(
                 f"{key} is {num_classes}, but dataset {name!r} has {len(classes)} classes "
-                f"({shown}); {fix.format(len(classes))}"
+                f"({_shown(classes)}); {fix.format(len(classes))}"
+            )
+        if first is None:
+            first = (name, list(classes))
+        elif list(classes) != first[1]:
+            raise ConfigError(
+                f"datasets {first[0]!r} and {name!r} name their classes differently "
+                f"({_shown(first[1])} / {_shown(classes)}): class ids would mean other classes "
+                "in each. Register them with the same class list (VOC: the same --voc-dataset "
+                "folders or --classes for all; COCO: the same 'categories' in every json)"
             )
     return unchecked
+
+
+def _shown(classes: Sequence, most: int = 8) -> str:
+    return ", ".join(map(str, classes[:most])) + (", ..." if len(classes) > most else "")
 
 
 def check_device(device: str, key: str, fix: str) -> None:
@@ -271,18 +287,45 @@ def check_batch_divisible(batch: int, key: str) -> None:
         )
 
 
+def warn_unused_retinanet_keys(cfg: CfgNode) -> List[str]:
+    """
+    Warn about ``MODEL.RETINANET`` values other than detectron2's defaults in a config of the
+    ATSS meta-architecture, which reads none of them (its keys are under ``MODEL.ATSS``, most
+    of the same name). Returns the keys warned about.
+    """
+    from detectron2.config import get_cfg
+
+    if cfg.MODEL.META_ARCHITECTURE != "ATSS" or "RETINANET" not in cfg.MODEL:
+        return []
+    defaults = get_cfg().MODEL.RETINANET
+    changed = [k for k, v in cfg.MODEL.RETINANET.items() if k in defaults and v != defaults[k]]
+    for key in changed:
+        instead = (
+            f"set MODEL.ATSS.{key} instead"
+            if key in cfg.MODEL.get("ATSS", {})
+            else "ATSS has no such setting"
+        )
+        logger.warning(
+            f"MODEL.RETINANET.{key} is {cfg.MODEL.RETINANET[key]!r}, but the ATSS model does not "
+            f"read MODEL.RETINANET: {instead}"
+        )
+    return changed
+
+
 def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
     """
     Check, before anything is built, what would otherwise fail late or silently: the datasets
     of ``DATASETS.TRAIN`` (if ``train``) and ``DATASETS.TEST`` are registered with their image
     files on disk (:func:`check_dataset_images`), their classes match
-    ``MODEL.ATSS.NUM_CLASSES`` (where the metadata already lists them; the trainer checks the
-    rest once the datasets are loaded), and the solver's periods are positive.
+    ``MODEL.ATSS.NUM_CLASSES`` and each other (where the metadata already lists them; the
+    trainer checks the rest once the datasets are loaded; without ``train``, the registered
+    ``DATASETS.TRAIN`` datasets take part too), and the solver's periods are positive.
 
     Raises:
         ConfigError: naming the key and the problem.
     """
     check_atss_config(cfg)
+    warn_unused_retinanet_keys(cfg)
     check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE", "set MODEL.DEVICE cpu")
     if train:
         check_batch_divisible(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
@@ -300,7 +343,11 @@ def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
                 raise ConfigError(f"SOLVER.{key} must be positive, got {cfg.SOLVER[key]}")
     check_datasets_registered(cfg.DATASETS.TEST, "DATASETS.TEST")
     check_dataset_images(cfg.DATASETS.TEST, "DATASETS.TEST")
-    names = (list(cfg.DATASETS.TRAIN) if train else []) + list(cfg.DATASETS.TEST)
+    if train:
+        names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    else:  # the training datasets registered for their class names (the model's class ids)
+        registered = DatasetCatalog.list()
+        names = [n for n in cfg.DATASETS.TRAIN if n in registered] + list(cfg.DATASETS.TEST)
     unchecked = check_num_classes(cfg, names)
     if unchecked:
         logger.info(f"Classes of {unchecked} will be checked once the datasets are loaded")
