@@ -22,6 +22,14 @@ def read_json(path: str, what: str) -> Any:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
+        if e.pos == 0 and e.doc.startswith("\ufeff"):
+            # Windows editors write one; detectron2 and pycocotools read the file again, so
+            # it has to go from the file itself.
+            raise ValueError(
+                f"{path}: starts with a UTF-8 byte order mark, which detectron2 and pycocotools "
+                "cannot read; save it as UTF-8 without BOM (e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' "
+                f"{path})"
+            ) from e
         raise ValueError(
             f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}"
         ) from e

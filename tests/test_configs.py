@@ -164,3 +164,22 @@ def test_placeholder_compiled_ops_fail_with_a_clear_error():
     assert type(info.value) is not AttributeError  # a dedicated subclass
     # hasattr-style probes still work (AttributeError), and dunder lookups are plain
     assert not hasattr(C, "nms_rotated")
+
+
+def test_placeholder_names_the_pycocotools_evaluation_for_the_fast_coco_ops():
+    """The placeholder as tools/install_detectron2.py writes it (independent of the install)."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location(
+        "install_detectron2", os.path.join(ROOT, "tools", "install_detectron2.py")
+    )
+    installer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(installer)
+    placeholder = types.ModuleType("placeholder_C")
+    exec(installer.PLACEHOLDER_C, placeholder.__dict__)
+    with pytest.raises(AttributeError, match="use_fast_impl=False.*ATSSCOCOEvaluator"):
+        placeholder.COCOevalEvaluateImages
+    with pytest.raises(AttributeError) as info:
+        placeholder.nms_rotated
+    assert "source build" in str(info.value) and "use_fast_impl" not in str(info.value)

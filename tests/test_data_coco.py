@@ -123,6 +123,10 @@ def test_undeclared_category_names_annotation_and_file(dataset):
         (lambda d: d.update(images=[], annotations=[]), "'images' is empty"),
         # detectron2's load_coco_json asserts on it; "ignore": 0 passes (the loader accepts it).
         (lambda d: d["annotations"][0].update(ignore=1), 'annotation id 7 has "ignore": 1'),
+        (
+            lambda d: d["categories"].append({"id": 3, "name": "thing"}),
+            "categories 1 and 3 are both named 'thing'",
+        ),
     ],
 )
 def test_other_inconsistencies(dataset, change, message):
@@ -139,3 +143,20 @@ def test_top_level_not_an_object(dataset):
     _write(json_file, [1, 2])
     with pytest.raises(ValueError, match="top level must be a JSON object"):
         register_coco_dataset(_name(), str(json_file), str(image_dir))
+
+
+def test_byte_order_mark_is_named_with_the_fix(dataset):
+    json_file, image_dir = dataset
+    json_file.write_bytes(b"\xef\xbb\xbf" + json.dumps(_coco()).encode())
+    with pytest.raises(ValueError, match="starts with a UTF-8 byte order mark.*without BOM"):
+        register_coco_dataset(_name(), str(json_file), str(image_dir))
+
+
+def test_classes_option_is_for_voc_folders(dataset):
+    from atss_d2.data import register_datasets_from_args
+
+    json_file, image_dir = dataset
+    name = _name()
+    with pytest.raises(ValueError, match="--classes names the classes of --voc-dataset"):
+        register_datasets_from_args([(name, str(json_file), str(image_dir))], None, "a,b")
+    assert name not in DatasetCatalog.list()

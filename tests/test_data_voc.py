@@ -266,6 +266,18 @@ def test_missing_image_names_the_xml_and_the_expected_path(voc):
     assert expected in str(info.value)
 
 
+def test_two_xml_files_of_one_image(tmp_path):
+    folder = dict(FOLDER, **{"003.xml": ("a.png", [("bee", (2, 2, 9, 9), "0")])})
+    ann_dir, img_dir = _write_folder(tmp_path / "voc", folder)
+    with pytest.raises(VOCAnnotationError) as info:
+        load_voc_folder(ann_dir, img_dir)
+    assert str(info.value) == (
+        f"{ann_dir / '002.xml'} and {ann_dir / '003.xml'} both annotate {img_dir / 'a.png'} "
+        "(their <filename>): one XML per image; a copied XML whose <filename> still names the "
+        "original?"
+    )
+
+
 def test_unknown_class_names_file_object_and_allowed_names(voc):
     with pytest.raises(VOCAnnotationError) as info:
         load_voc_folder(*voc, classes=["ant", "zebra", "kat"])
@@ -373,9 +385,11 @@ def test_hand_derived_detections_give_ap_100(tmp_path):
     register_voc_dataset(name, ann_dir, img_dir)
     out = tmp_path / "inference"
     assert _evaluate(name, out, DETECTIONS)["AP"] == pytest.approx(100.0)
-    # detectron2's COCOEvaluator wrote the COCO json of the VOC dicts in the output folder:
-    # XYWH boxes, category ids 0 and 1 (no id mapping), the difficult box a crowd region.
-    with open(out / f"{name}_coco_format.json") as f:
+    # The COCO json of the VOC dicts is in the output folder (its name carries a digest of the
+    # annotations): XYWH boxes, category ids 0 and 1 (no id mapping), the difficult box a
+    # crowd region.
+    (converted,) = out.glob(f"{name}_coco_format_*.json")
+    with open(converted) as f:
         coco = json.load(f)
     assert [c["name"] for c in coco["categories"]] == ["ant", "bee"]
     annotations = [
@@ -440,7 +454,7 @@ def test_trains_and_evaluates(train_voc, tmp_path):
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     ap = trainer._last_eval_results["bbox"]["AP"]  # EvalHook at the end (TEST.EVAL_PERIOD 0)
     assert math.isfinite(ap) and 0.0 <= ap <= 100.0
-    assert (tmp_path / "out" / "inference" / f"{name}_coco_format.json").is_file()
+    assert len(list((tmp_path / "out" / "inference").glob(f"{name}_coco_format_*.json"))) == 1
 
 
 def _script(path: Path):

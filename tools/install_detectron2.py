@@ -77,13 +77,23 @@ def has_cuda():
     return False
 
 
+# detectron2's fast COCO evaluation ("use_fast_impl"); pycocotools computes the same AP.
+_COCOEVAL_OPS = ("COCOevalAccumulate", "COCOevalEvaluateImages", "InstanceAnnotation")
+
+
 def __getattr__(name):
     if name.startswith("__") and name.endswith("__"):
         raise AttributeError(name)
+    instead = ""
+    if name in _COCOEVAL_OPS:
+        instead = (
+            "; or evaluate with COCOEvaluator(..., use_fast_impl=False) or "
+            "atss_d2.evaluation.ATSSCOCOEvaluator, which use pycocotools"
+        )
     raise MissingCompiledOpError(
         f"detectron2 was installed without its compiled ops; detectron2._C.{name} needs a "
         "source build of detectron2 (set DETECTRON2_SOURCE to a detectron2 checkout and run "
-        "'make setup' again)"
+        f"'make setup' again){instead}"
     )
 '''
 

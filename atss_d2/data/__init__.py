@@ -169,6 +169,11 @@ def register_datasets_from_args(
     if isinstance(classes, str):
         classes = parse_class_names(classes)
     voc = list(voc or [])
+    if classes is not None and not voc:
+        raise ValueError(
+            "--classes names the classes of --voc-dataset folders; a COCO json's classes are "
+            "its 'categories' (drop --classes, or edit the json)"
+        )
     if classes is None and len(voc) > 1:
         classes = voc_class_names([annotations_dir for _, annotations_dir, _ in voc])
     names = []

@@ -306,6 +306,14 @@ def _load(
             ambiguous.append(record["file_name"])
     if ambiguous:
         logger.warning(ambiguous_orientation_warning(annotations_dir, ambiguous))
+    xml_of = {}
+    for xml_file, record, _ in parsed:
+        other = xml_of.setdefault(record["file_name"], xml_file)
+        if other != xml_file:
+            raise VOCAnnotationError(
+                f"{other} and {xml_file} both annotate {record['file_name']} (their <filename>): "
+                "one XML per image; a copied XML whose <filename> still names the original?"
+            )
 
     if classes is None:
         classes = sorted({obj.name for _, _, objects in parsed for obj in objects})

@@ -250,9 +250,16 @@ def check_dataset_classes(
             unchecked.append(name)
             continue
         if len(classes) != num_classes:
+            hint = ""
+            if MetadataCatalog.get(name).get("annotations_dir"):
+                # A VOC folder's classes are the names its XMLs use: a val folder can lack one.
+                hint = (
+                    ", or, for the classes of a model trained on other folders, register those "
+                    "too (the same --voc-dataset folders as for training) or give --classes"
+                )
             raise ConfigError(
                 f"{key} is {num_classes}, but dataset {name!r} has {len(classes)} classes "
-                f"({_shown(classes)}); {fix.format(len(classes))}"
+                f"({_shown(classes)}); {fix.format(len(classes))}{hint}"
             )
         if first is None:
             first = (name, list(classes))
