@@ -414,6 +414,30 @@ def test_overrides_that_cannot_apply_are_config_errors(tmp_path):
         load_lazy_config(path, ["model.head.num_convs=3"])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.test_score_thresh=2.0", "test_score_thresh (MODEL.ATSS.SCORE_THRESH_TEST) must "
+         "be in [0, 1], got 2.0"),
+        ("model.test_nms_thresh=-0.1", "test_nms_thresh (MODEL.ATSS.NMS_THRESH_TEST) must be in "
+         "[0, 1], got -0.1"),
+        ("model.max_detections_per_image=0", "max_detections_per_image "
+         "(TEST.DETECTIONS_PER_IMAGE) must be >= 1, got 0"),
+        ("model.matcher.topk=0", "ATSSMatcher: topk must be >= 1, got 0"),
+        ("model.head.norm=GroupNorm", "norm (MODEL.ATSS.NORM) must be one of ['', 'GN', "),
+    ],
+)  # fmt: skip
+def test_model_values_out_of_range_are_config_errors(override, message):
+    """The values validate_config checks for YAML, here checked when the model is built."""
+    from atss_d2.engine.lazy import _build_model
+
+    path = str(REPO / "configs" / "Shapes" / "atss_R_18_FPN_shapes.py")
+    cfg = load_lazy_config(path, [override, "train.device=cpu"])
+    with pytest.raises(ConfigError) as info:
+        _build_model(cfg)
+    assert str(info.value).startswith("model: " + message)
+
+
 # ---------------------------------------------------------------------------------------------
 # train_net.py with a .py config, in subprocesses
 # ---------------------------------------------------------------------------------------------

@@ -263,7 +263,10 @@ def setup(args) -> DictConfig:
 
 
 def _build_model(cfg: DictConfig) -> nn.Module:
-    model = instantiate(cfg.model)
+    try:
+        model = instantiate(cfg.model)
+    except ValueError as e:  # the constructors' checks name the argument (and its YAML key)
+        raise ConfigError(f"model: {e}") from e
     model.to(torch.device(cfg.train.device))
     return model
 

@@ -125,6 +125,20 @@ class ATSS(DenseDetector):
             raise ValueError(
                 f"MODEL.ATSS.NUM_POS_NORM must be 'per_image' or 'total', got {num_pos_norm!r}"
             )
+        for arg, key, value in (
+            ("test_score_thresh", "SCORE_THRESH_TEST", test_score_thresh),
+            ("test_nms_thresh", "NMS_THRESH_TEST", test_nms_thresh),
+            ("focal_loss_alpha", "FOCAL_LOSS_ALPHA", focal_loss_alpha),
+        ):
+            if not 0.0 <= value <= 1.0:  # also refuses NaN
+                raise ValueError(f"{arg} (MODEL.ATSS.{key}) must be in [0, 1], got {value!r}")
+        for arg, key, value in (
+            ("test_topk_candidates", "MODEL.ATSS.TOPK_CANDIDATES_TEST", test_topk_candidates),
+            ("max_detections_per_image", "TEST.DETECTIONS_PER_IMAGE", max_detections_per_image),
+            ("num_classes", "MODEL.ATSS.NUM_CLASSES", num_classes),
+        ):
+            if not value >= 1:
+                raise ValueError(f"{arg} ({key}) must be >= 1, got {value!r}")
         if candidate_ranking not in ("cls", "cls_ctr"):
             raise ValueError(
                 "MODEL.ATSS.CANDIDATE_RANKING_TEST must be 'cls' or 'cls_ctr', "

@@ -10,6 +10,8 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from torch import Tensor, nn
 
+from ..config_checks import NORMS
+
 __all__ = ["ATSSHead", "Scale"]
 
 # Initial bias of the box regression with REGRESSION_TYPE "POINT" (the authors' value).
@@ -28,6 +30,8 @@ class Scale(nn.Module):
 
 
 def _tower_norm(norm: str, channels: int):
+    if norm not in NORMS:
+        raise ValueError(f"norm (MODEL.ATSS.NORM) must be one of {list(NORMS)}, got {norm!r}")
     if norm == "GN" and channels % 32 != 0:
         raise ValueError(
             f"MODEL.ATSS.NORM='GN' uses 32 groups, so the head width ({channels} channels, "
