@@ -38,6 +38,7 @@ __all__ = [
     "CONFUSION_MATRIX_PNG",
     "PER_CLASS_JSON",
     "analyze_results",
+    "check_results_images",
     "confusion_matrix",
     "load_coco_results",
     "load_dataset_and_results",
@@ -119,12 +120,61 @@ def load_coco_results(json_file: str, metadata: Metadata) -> List[Dict]:
     return out
 
 
+def _same_image(a: str, b: str) -> bool:
+    """Whether two paths name the same image: the same file, or the same file name (the
+    results may have been written on another machine, or with relative paths)."""
+    return os.path.basename(a) == os.path.basename(b) or os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_results_images(
+    dataset_dicts: Sequence[Dict], predictions: Sequence[Dict], json_file: str, dataset_name: str
+) -> None:
+    """
+    Check that the detections are of the images of the dataset: every ``image_id`` is one of
+    the dataset's, and, for detections that name their image (``file_name``, as
+    ``atss-demo --save-json`` writes), that image is the dataset's image of that id (the same
+    file, or a file of the same name).
+
+    Raises:
+        ValueError: naming how many image ids are not the dataset's, or how many detections
+            name another image than the dataset's, with an example.
+    """
+    images = {d["image_id"]: d.get("file_name") for d in dataset_dicts}
+    result_ids = list(dict.fromkeys(p["image_id"] for p in predictions))
+    missing = [i for i in result_ids if i not in images]
+    if missing:
+        raise ValueError(
+            f"{json_file}: {len(missing)} of the {len(result_ids)} image ids of the results are "
+            f"not in dataset {dataset_name!r} ({len(images)} images), e.g. {missing[:5]}: are "
+            "these the results of another dataset? Give the --dataset they were made on"
+        )
+    wrong = [
+        p
+        for p in predictions
+        if isinstance(p.get("file_name"), str)
+        and images[p["image_id"]]
+        and not _same_image(p["file_name"], images[p["image_id"]])
+    ]
+    if wrong:
+        first = wrong[0]
+        raise ValueError(
+            f"{json_file}: {len(wrong)} of the {len(predictions)} detections name another image "
+            f"than dataset {dataset_name!r} has under their image_id, e.g. image_id "
+            f"{first['image_id']}: {first['file_name']} in the results, "
+            f"{images[first['image_id']]} in the dataset: are these the results of another "
+            "dataset (or of images given by position)? Give the --dataset they were made on"
+        )
+
+
 def load_dataset_and_results(json_file: str, dataset_name: str) -> Tuple[List[Dict], List[Dict]]:
     """The dataset dicts of ``dataset_name`` and the detections of ``json_file`` with
-    contiguous class ids (:func:`load_coco_results`), loaded in that order."""
+    contiguous class ids (:func:`load_coco_results`), loaded in that order, after checking that
+    the detections are of the dataset's images (:func:`check_results_images`)."""
     check_datasets_registered([dataset_name], "--dataset")
     dicts = DatasetCatalog.get(dataset_name)  # sets thing_dataset_id_to_contiguous_id
-    return dicts, load_coco_results(json_file, MetadataCatalog.get(dataset_name))
+    predictions = load_coco_results(json_file, MetadataCatalog.get(dataset_name))
+    check_results_images(dicts, predictions, json_file, dataset_name)
+    return dicts, predictions
 
 
 # ----------------------------------------------------------------------------------------------

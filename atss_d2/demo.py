@@ -35,13 +35,12 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 import cv2
 import numpy as np
 from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from .data import parse_class_names
+from .data import mapper, parse_class_names
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -149,13 +148,18 @@ def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 
 def load_image(path: str) -> np.ndarray:
-    """Read ``path`` as BGR uint8 (H, W, 3), or raise :class:`UnreadableImageError` naming it."""
+    """
+    Read ``path`` as BGR uint8 (H, W, 3) as training and evaluation read their images
+    (:func:`atss_d2.data.mapper.read_image_any_mode`: any mode; 16-bit grayscale scaled by the
+    file's bit depth, float images in [0, 1] by 255), or raise :class:`UnreadableImageError`
+    naming it.
+    """
     if not os.path.isfile(path):
         raise UnreadableImageError(f"input image not found: {path}")
     try:
-        return read_image(path, format="BGR")
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for bad files
-        raise UnreadableImageError(f"cannot read input image {path}: {e}") from e
+        return mapper.read_image_any_mode(path, "BGR")
+    except mapper.UnreadableImageError as e:
+        raise UnreadableImageError(f"cannot read input image {path}: {e.__cause__ or e}") from e
 
 
 def output_paths(inputs: Sequence[str], output: Optional[str]) -> List[Optional[str]]:

@@ -40,12 +40,14 @@ from .demo import (
     video_output_path,
 )
 from .engine import SafePredictor, lazy
+from .engine.config import check_device
 from .train_net import load_yaml_config, one_line_error, register_datasets, resolve_config_file
 
 
 def setup_cfg(args):
     """The config of ``--config-file`` (a YAML file, or a shipped config's name) and ``--opts``;
-    errors name the file and the key (:class:`~atss_d2.engine.ConfigError`)."""
+    errors name the file and the key (:class:`~atss_d2.engine.ConfigError`), e.g. a CUDA
+    ``MODEL.DEVICE`` on a machine without CUDA."""
     if lazy.is_lazy_config(resolve_config_file(args.config_file)):
         raise ConfigError(
             f"--config-file {args.config_file} is a LazyConfig (.py); the demo takes a YAML "
@@ -54,11 +56,23 @@ def setup_cfg(args):
         )
     cfg = load_yaml_config(args.config_file, args.opts)
     check_atss_config(cfg)
+    check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE", "set MODEL.DEVICE cpu (--opts MODEL.DEVICE cpu)")
     # The threshold is applied to the final (drawn) score after the model; the model's own
     # threshold on p_cls only comes down where it would drop a detection that could pass.
     cfg.MODEL.ATSS.SCORE_THRESH_TEST = model_score_threshold(cfg, args.confidence_threshold)
     cfg.freeze()
     return cfg
+
+
+def _score(text: str) -> float:
+    """A score threshold: a number in [0, 1] (a detection's score is a probability)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # False for nan too
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (scores are in [0, 1]), got {text}")
+    return value
 
 
 def get_parser():
@@ -89,9 +103,9 @@ def get_parser():
     )
     parser.add_argument(
         "--confidence-threshold",
-        type=float,
+        type=_score,
         default=0.5,
-        help="minimum (drawn) score of the detections drawn and saved",
+        help="minimum (drawn) score of the detections drawn and saved, in [0, 1]",
     )
     add_dataset_arguments(
         parser,

@@ -19,6 +19,7 @@ ignore regions). Images are written as PNG, named after the image file (``img7.j
 
 import logging
 import os
+import sys
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -39,6 +40,7 @@ from .engine.config import check_datasets_registered
 
 __all__ = [
     "SOURCES",
+    "NoDisplayError",
     "build_config",
     "class_colors",
     "draw_boxes",
@@ -55,6 +57,15 @@ logger = logging.getLogger(__name__)
 
 SOURCES = ("annotation", "dataloader")
 _PALETTE = colormap(rgb=True, maximum=1)  # (74, 3) floats in [0, 1]
+
+
+class NoDisplayError(RuntimeError):
+    """Images were to be shown in a window, but there is no display (or no GUI in OpenCV)."""
+
+
+def _check_max_images(max_images: Optional[int]) -> None:
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"the number of images must be at least 1 (None: all), got {max_images}")
 
 
 def build_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
@@ -190,14 +201,38 @@ def output_names(file_names: Sequence[str]) -> Dict[str, str]:
     return names
 
 
+def _open_window(name: str) -> None:
+    """Open the window images are shown in, or raise :class:`NoDisplayError`."""
+    import cv2
+
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        raise NoDisplayError(
+            "cannot show images: no display is available (DISPLAY is not set); write them to "
+            "files with --output-dir instead"
+        )
+    try:
+        cv2.namedWindow(name)
+    except cv2.error as e:
+        raise NoDisplayError(
+            "cannot show images: this OpenCV has no GUI (opencv-python-headless?); write them to "
+            "files with --output-dir instead"
+        ) from e
+
+
 class _Sink:
     """Writes each image to ``output_dir`` and/or shows it in a window (a key for the next
     image; Esc or q stops)."""
+
+    WINDOW = "atss_d2"
 
     def __init__(self, output_dir: Optional[str], show: bool):
         if output_dir is None and not show:
             raise ValueError("give an output directory, or show=True")
         self.output_dir, self.show, self.written = output_dir, show, []
+        if show:
+            _open_window(self.WINDOW)  # before any work: no display is a one-line error
         if output_dir is not None:
             os.makedirs(output_dir, exist_ok=True)
 
@@ -211,12 +246,12 @@ class _Sink:
             import cv2
 
             try:
-                cv2.imshow("atss_d2", image[:, :, ::-1])
+                cv2.imshow(self.WINDOW, image[:, :, ::-1])
                 key = cv2.waitKey(0)
             except cv2.error as e:
-                raise RuntimeError(
-                    f"cannot show {name} in a window (an OpenCV without GUI, such as "
-                    f"opencv-python-headless? write files with --output-dir instead): {e}"
+                raise NoDisplayError(
+                    f"cannot show {name}: OpenCV could not draw the window; write the images to "
+                    "files with --output-dir instead"
                 ) from e
             return key not in (27, ord("q"))
         return True
@@ -239,7 +274,12 @@ def visualize_dataset_dicts(
 
     Returns:
         the PNG files written (in ``output_dir``; none without it).
+
+    Raises:
+        ValueError: ``max_images`` is less than 1.
+        NoDisplayError: ``show``, but there is no display.
     """
+    _check_max_images(max_images)
     sink = _Sink(output_dir, show)
     records = list(dataset_dicts)[:max_images]
     names = output_names([r["file_name"] for r in records])
@@ -281,7 +321,12 @@ def visualize_train_loader(
 
     Returns:
         the PNG files written (in ``output_dir``; none without it).
+
+    Raises:
+        ValueError: ``max_images`` is less than 1.
+        NoDisplayError: ``show``, but there is no display.
     """
+    _check_max_images(max_images)
     if build_train_loader is None:
         from .engine import ATSSTrainer
 
@@ -342,11 +387,13 @@ def visualize_data(
     ``tools/visualize_data.py``: the images of ``cfg.DATASETS.TRAIN`` with their boxes,
     ``source`` "annotation" (the dataset dicts as loaded, :func:`visualize_dataset_dicts`,
     labelled with the first dataset's class names) or "dataloader" (after the training
-    loader, :func:`visualize_train_loader`).
+    loader, :func:`visualize_train_loader`). ``max_images``: at most this many (at least 1;
+    None: all).
 
     Returns:
         the PNG files written.
     """
+    _check_max_images(max_images)
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if source == "dataloader":
@@ -371,11 +418,17 @@ def visualize_json_results(
     ``tools/visualize_json_results.py``: for each image of ``dataset_name``, its ground truth
     (left) and the detections of ``json_file`` with ``score >= score_threshold`` (right) side
     by side in one PNG (twice the image's width). The results' category ids are mapped to the
-    dataset's classes as :func:`atss_d2.analysis.load_coco_results` describes.
+    dataset's classes as :func:`atss_d2.analysis.load_coco_results` describes. ``max_images``:
+    at most this many (at least 1; None: all).
 
     Returns:
         the PNG files written.
+
+    Raises:
+        ValueError: results of images that are not the dataset's
+            (:func:`atss_d2.analysis.load_dataset_and_results`), or ``max_images`` less than 1.
     """
+    _check_max_images(max_images)
     dicts, predictions = load_dataset_and_results(json_file, dataset_name)
     metadata = MetadataCatalog.get(dataset_name)
     by_image: Dict = {}

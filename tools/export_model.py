@@ -31,7 +31,6 @@ import atss_d2.warning_filters  # noqa: F401  (first: before the detectron2 impo
 
 # isort: split
 from detectron2.config import get_cfg
-from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
@@ -39,6 +38,7 @@ from detectron2.utils.logger import setup_logger
 import atss_d2
 from atss_d2.checkpoint import SafeDetectionCheckpointer
 from atss_d2.data import add_dataset_arguments, register_datasets_from_args
+from atss_d2.data.mapper import UnreadableImageError, read_image_any_mode
 from atss_d2.engine.config import check_datasets_registered
 from atss_d2.export import export_onnx, export_torchscript
 from atss_d2.runtime import (
@@ -53,10 +53,16 @@ logger = logging.getLogger("atss_d2.export")
 
 
 def setup_cfg(args):
+    """The config of ``--config-file`` and ``opts``, with ``MODEL.DEVICE`` cpu: the model is
+    built and traced on the CPU (the exported file runs anywhere), whatever device the config
+    trains on."""
     cfg = get_cfg()
     atss_d2.add_atss_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE != "cpu":
+        logger.info(f"MODEL.DEVICE {cfg.MODEL.DEVICE!r} -> 'cpu': the model is traced on the CPU")
+        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
 
@@ -66,7 +72,10 @@ def sample_image(cfg, path):
     if path:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--sample-image not found: {path}")
-        image = detection_utils.read_image(path, format=cfg.INPUT.FORMAT)
+        try:  # as training and evaluation read their images (16-bit, float, any mode)
+            image = read_image_any_mode(path, cfg.INPUT.FORMAT)
+        except UnreadableImageError as e:
+            raise ValueError(f"--sample-image: {e}") from e
     else:
         side = cfg.INPUT.MIN_SIZE_TEST
         rng = np.random.default_rng(0)

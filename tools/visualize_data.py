@@ -23,7 +23,18 @@ import atss_d2.warning_filters  # noqa: F401  (first: before the detectron2 impo
 from detectron2.utils.logger import setup_logger
 
 from atss_d2.data import add_dataset_arguments, register_datasets_from_args
-from atss_d2.visualize import SOURCES, build_config, visualize_data
+from atss_d2.visualize import SOURCES, NoDisplayError, build_config, visualize_data
+
+
+def _count(text: str) -> int:
+    """A number of images: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (leave it out for all), got {text}")
+    return value
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -39,7 +50,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--show", action="store_true", help="show each image in a window (a key: next; Esc: stop)"
     )
-    parser.add_argument("--num-images", type=int, help="draw at most this many images")
+    parser.add_argument(
+        "--num-images", type=_count, help="draw at most this many images (default: all)"
+    )
     add_dataset_arguments(parser)
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE pairs"
@@ -57,7 +70,7 @@ def main(argv=None) -> int:
         register_datasets_from_args(args.coco_dataset, args.voc_dataset, args.classes)
         cfg = build_config(args.config_file, args.opts)
         paths = visualize_data(cfg, args.source, args.output_dir, args.show, args.num_images)
-    except (FileNotFoundError, ValueError) as e:  # ConfigError, VOCAnnotationError among them
+    except (FileNotFoundError, ValueError, NoDisplayError) as e:  # ConfigError among them
         print(f"visualize_data: error: {e}", file=sys.stderr)
         return 1
     if args.output_dir:

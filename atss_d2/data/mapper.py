@@ -92,10 +92,38 @@ class WarningTally:
             )
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """Grayscale of more than 8 bits (modes I;16*, I, F) -> mode "L", scaled to 0-255."""
+def _stored_bits(image: Image.Image) -> Optional[int]:
+    """
+    16 when the file stores the grayscale ``image`` as unsigned 16-bit samples, else None.
+    Pillow opens a 16-bit PNG as mode "I" (32-bit) and a 16-bit TIFF as "I;16" or "I;16B";
+    the raw mode of the file's data (the decoder's arguments in ``image.tile``, e.g. "I;16B",
+    "I;16N") tells them from a 32-bit image. Call before ``image.load()``, which clears the tile.
+    """
+    if image.mode.startswith("I;16"):
+        return 16
+    for tile in image.tile:
+        args = tile[3]
+        raw_mode = args if isinstance(args, str) else next(iter(args or ()), None)
+        if isinstance(raw_mode, str) and raw_mode.startswith("I;16") and not raw_mode.endswith("S"):
+            return 16  # I;16S / I;16BS are signed: mode "I" as any 32-bit image
+    return None
+
+
+def _to_8bit(image: Image.Image, stored_bits: Optional[int] = None) -> Image.Image:
+    """
+    Grayscale of more than 8 bits (modes I;16*, I, F) -> mode "L", scaled to 0-255:
+
+    - samples stored with 16 bits (modes I;16*, or ``stored_bits`` 16, see
+      :func:`_stored_bits`): value v becomes round(v / 257), whatever the image's own range
+      (0 -> 0, 65535 -> 255, and an 8-bit value k written as 16 bits, k * 257, reads back as k);
+    - mode "I" of another depth (e.g. a 32-bit TIFF): divided by 257 if its maximum is over 255,
+      else kept (8-bit content);
+    - mode "F": multiplied by 255 if its maximum is at most 1 (a float image in [0, 1]), else
+      kept; then clipped to 0-255.
+    """
     arr = np.asarray(image, dtype=np.float64)
-    if image.mode.startswith("I;16") or (image.mode == "I" and arr.max(initial=0) > 255):
+    sixteen = stored_bits == 16 or image.mode.startswith("I;16")
+    if sixteen or (image.mode == "I" and arr.max(initial=0) > 255):
         arr = arr / 257.0  # 16-bit range 0-65535 -> 0-255
     elif image.mode == "F" and arr.max(initial=0) <= 1.0:
         arr = arr * 255.0  # float image in [0, 1]
@@ -106,7 +134,8 @@ def read_image_any_mode(file_name: str, format: Optional[str]) -> np.ndarray:
     """
     Read an image file into an HWC uint8 array in ``format`` (as detectron2's ``read_image``:
     "RGB", "BGR", "L", or another Pillow mode), whatever mode the file has. EXIF orientation is
-    applied.
+    applied. Grayscale of more than 8 bits is scaled to 8 bits by the file's bit depth
+    (:func:`_to_8bit`): a 16-bit value v becomes round(v / 257).
 
     Raises:
         UnreadableImageError: the file is missing, truncated, or not an image Pillow decodes.
@@ -114,6 +143,7 @@ def read_image_any_mode(file_name: str, format: Optional[str]) -> np.ndarray:
     try:
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)
+            stored_bits = _stored_bits(image)
             image.load()  # decode now: truncated files fail here, not later
         image = ImageOps.exif_transpose(image)
     except FileNotFoundError as e:
@@ -125,7 +155,7 @@ def read_image_any_mode(file_name: str, format: Optional[str]) -> np.ndarray:
     if image.width == 0 or image.height == 0:
         raise UnreadableImageError(f"Image file {file_name} has size {image.size}")
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        image = _to_8bit(image)
+        image = _to_8bit(image, stored_bits)
     return utils.convert_PIL_to_numpy(image, format)
 
 

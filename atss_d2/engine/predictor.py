@@ -9,6 +9,7 @@ from detectron2.engine import DefaultPredictor
 
 from ..checkpoint import LoadReport, SafeDetectionCheckpointer
 from ..checkpoint.detection_checkpoint import IncompatibleWeightsError
+from .config import check_device
 
 __all__ = ["SafePredictor", "UNTRAINED_HEAD", "check_head_for_inference", "warn_if_head_untrained"]
 
@@ -100,10 +101,12 @@ class SafePredictor(DefaultPredictor):
     whose head is not from the weights file is reported, and a head that only partly fits the
     config (another number of classes) raises
     :class:`~atss_d2.checkpoint.detection_checkpoint.IncompatibleWeightsError`
-    (:func:`check_head_for_inference`).
+    (:func:`check_head_for_inference`). A CUDA ``MODEL.DEVICE`` on a machine without CUDA
+    raises :class:`~atss_d2.engine.ConfigError` before the model is built.
     """
 
     def __init__(self, cfg):
+        check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE", "set MODEL.DEVICE cpu")
         weights = cfg.MODEL.WEIGHTS
         cfg = cfg.clone()
         cfg.defrost()
