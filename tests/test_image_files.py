@@ -233,3 +233,47 @@ def test_missing_coco_images_stop_the_runs_that_need_them(tmp_path, caplog):
         tiny_cfg(tmp_path / "d", "DATASETS.TEST", f"('{fixed}',)", "MODEL.ATSS.NUM_CLASSES", "1"),
         train=False,
     )
+
+
+def test_unreadable_images_stop_evaluation_and_unskipped_training(tmp_path, caplog):
+    """An empty file and a text file named .jpg: registration (COCO and VOC) counts them, and
+    validate_config stops any evaluation, and training unless unreadable images are skipped,
+    before the model is built (not at the image, after the training)."""
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    _jpeg(images_dir / "good.jpg", 60, 40)
+    (images_dir / "empty.jpg").write_bytes(b"")
+    (images_dir / "text.jpg").write_text("not an image")
+    names = ["good.jpg", "empty.jpg", "text.jpg"]
+    coco = _name()
+    json_file = _coco(tmp_path, [_image(i, n, 60, 40) for i, n in enumerate(names)])
+    with caplog.at_level(logging.WARNING, logger="atss_d2"):
+        register_coco_dataset(coco, json_file, str(images_dir))
+    assert f"2 of the 3 images of {json_file} cannot be read as images" in caplog.text
+
+    from atss_d2.data import register_voc_dataset
+
+    ann_dir = tmp_path / "Annotations"
+    ann_dir.mkdir()
+    for n in names:
+        (ann_dir / n.replace(".jpg", ".xml")).write_text(
+            f"<annotation><filename>{n}</filename><size><width>60</width><height>40</height>"
+            "</size><object><name>cat</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>30</xmax>"
+            "<ymax>30</ymax></bndbox></object></annotation>"
+        )
+    voc = _name()
+    register_voc_dataset(voc, str(ann_dir), str(images_dir))
+
+    one = ("MODEL.ATSS.NUM_CLASSES", "1")
+    for name in (coco, voc):
+        test = tiny_cfg(tmp_path / name, "DATASETS.TEST", f"('{name}',)", *one)
+        with pytest.raises(ConfigError) as info:
+            validate_config(test, train=False)
+        assert f"DATASETS.TEST names dataset '{name}': 2 of the 3 images of" in str(info.value)
+        assert "cannot be read as images" in str(info.value)
+        assert str(info.value).endswith("Replace or remove them; evaluation needs every image")
+        train = ("DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()", *one)
+        with pytest.raises(ConfigError, match="or set DATALOADER.SKIP_UNREADABLE_IMAGES True"):
+            validate_config(tiny_cfg(tmp_path / name, *train))
+        skip = ("DATALOADER.SKIP_UNREADABLE_IMAGES", "True")
+        validate_config(tiny_cfg(tmp_path / name, *train, *skip))

@@ -14,6 +14,7 @@ from .image_size import (
     ambiguous_orientation_warning,
     size_problem,
     try_read_image_header,
+    unreadable_images_message,
 )
 
 __all__ = ["register_coco_dataset", "validate_coco_json"]
@@ -159,18 +160,20 @@ def _is_number(value: Any) -> bool:
 def _check_image_files(
     json_file: str, image_root: str, images: List[Dict[str, Any]]
 ) -> Tuple[List[int], List[str]]:
-    """The indices of ``images`` not on disk, and the paths of those whose EXIF orientation
-    keeps their size; raises ValueError for an image whose width and height do not fit the
-    file (read from its header, as the data loader will see it)."""
-    missing, ambiguous = [], []
+    """The indices of ``images`` not on disk, the paths of those whose header cannot be read,
+    and of those whose EXIF orientation keeps their size; raises ValueError for an image whose
+    width and height do not fit the file (read from its header, as the data loader will see
+    it)."""
+    missing, unreadable, ambiguous = [], [], []
     for index, image in enumerate(images):
         path = os.path.join(image_root, image["file_name"])
         if not os.path.isfile(path):
             missing.append(index)
             continue
         header = try_read_image_header(path)
-        if header is None:
-            continue  # the data loader raises, or skips it with SKIP_UNREADABLE_IMAGES
+        if header is None:  # the data loader raises, or skips it with SKIP_UNREADABLE_IMAGES
+            unreadable.append(path)
+            continue
         problem = size_problem(path, header, image["width"], image["height"])
         if problem:
             raise ValueError(
@@ -178,7 +181,7 @@ def _check_image_files(
             )
         if header.orientation in AMBIGUOUS_ORIENTATIONS:
             ambiguous.append(path)
-    return missing, ambiguous
+    return missing, unreadable, ambiguous
 
 
 def _missing_images_message(
@@ -216,8 +219,9 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
     is an error, as is a name detectron2 already uses for another dataset.
 
     Every image's header is read: a width and height that do not fit the image as loaded
-    (after its EXIF orientation; :mod:`atss_d2.data.image_size`) is an error. Missing image
-    files are counted in a warning, which the metadata keeps (``missing_images``), where
+    (after its EXIF orientation; :mod:`atss_d2.data.image_size`) is an error. Missing and
+    unreadable image files are counted in warnings, which the metadata keeps
+    (``missing_images``, ``unreadable_images``), where
     :func:`atss_d2.engine.validate_config` stops a run that would need them: every evaluation,
     and training unless ``DATALOADER.SKIP_UNREADABLE_IMAGES``.
 
@@ -245,14 +249,18 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
             f"name for {json_file}"
         )
 
-    missing, ambiguous = _check_image_files(json_file, image_root, data["images"])
+    missing, unreadable, ambiguous = _check_image_files(json_file, image_root, data["images"])
     metadata = {}
+    # For validate_config: evaluation needs every image; training only with
+    # DATALOADER.SKIP_UNREADABLE_IMAGES.
     if missing:
         message = _missing_images_message(json_file, image_root, data["images"], missing)
         logger.warning(message)
-        # For validate_config: evaluation needs every image; training only with
-        # DATALOADER.SKIP_UNREADABLE_IMAGES.
         metadata["missing_images"] = message
+    if unreadable:
+        message = unreadable_images_message(json_file, unreadable, len(data["images"]))
+        logger.warning(message)
+        metadata["unreadable_images"] = message
     if ambiguous:
         logger.warning(ambiguous_orientation_warning(json_file, ambiguous))
     empty = [

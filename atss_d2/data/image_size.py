@@ -22,6 +22,7 @@ __all__ = [
     "read_image_header",
     "size_problem",
     "try_read_image_header",
+    "unreadable_images_message",
 ]
 
 _ORIENTATION_TAG = 0x0112
@@ -129,4 +130,13 @@ def ambiguous_orientation_warning(dataset: str, paths: Sequence[str]) -> str:
         f"{len(paths)} image(s) of {dataset} have an EXIF orientation that mirrors or turns "
         f"them by 180 degrees when loaded (e.g. {paths[0]}); their boxes are taken as drawn on "
         "the upright image, as CVAT and Label Studio show it. " + _EXIF_FIX
+    )
+
+
+def unreadable_images_message(dataset: str, paths: Sequence[str], total: int) -> str:
+    """What :func:`atss_d2.engine.validate_config` says of images of ``dataset`` whose header
+    Pillow cannot read (kept in the metadata as ``unreadable_images``)."""
+    return (
+        f"{len(paths)} of the {total} images of {dataset} cannot be read as images (empty, "
+        f"truncated or not an image file), e.g. {list(paths[:3])}"
     )

@@ -53,6 +53,7 @@ from .image_size import (
     ambiguous_orientation_warning,
     size_problem,
     try_read_image_header,
+    unreadable_images_message,
 )
 
 __all__ = [
@@ -227,7 +228,7 @@ def _read_xml(xml_file: str, images_dir: str) -> Tuple[Dict, List[_Object], int]
         _parse_object(xml_file, i, obj, width, height)
         for i, obj in enumerate(root.findall("object"), start=1)
     ]
-    orientation = header.orientation if header is not None else 1
+    orientation = header.orientation if header is not None else None  # None: unreadable
     return {"file_name": image_file, "height": height, "width": width}, objects, orientation
 
 
@@ -287,7 +288,8 @@ def _to_xyxy_abs(box: Tuple[float, float, float, float], width: int, height: int
 def _load(
     annotations_dir: str, images_dir: str, classes: Optional[Sequence[str]], difficult: str
 ) -> Tuple[List[Dict], List[str]]:
-    """:func:`load_voc_folder`'s dataset dicts, and the class names."""
+    """:func:`load_voc_folder`'s dataset dicts, the class names, and the images whose header
+    cannot be read (left to the data loader, which raises or skips them)."""
     if difficult not in DIFFICULT_MODES:
         raise ValueError(f"difficult must be one of {DIFFICULT_MODES}, got {difficult!r}")
     if classes is not None:
@@ -298,12 +300,14 @@ def _load(
             f"VOC image directory not found: {images_dir} (for {annotations_dir})"
         )
     parsed = []
-    ambiguous = []
+    ambiguous, unreadable = [], []
     for xml_file in xml_files:
         record, objects, orientation = _read_xml(xml_file, images_dir)
         parsed.append((xml_file, record, objects))
         if orientation in AMBIGUOUS_ORIENTATIONS:
             ambiguous.append(record["file_name"])
+        elif orientation is None:
+            unreadable.append(record["file_name"])
     if ambiguous:
         logger.warning(ambiguous_orientation_warning(annotations_dir, ambiguous))
     xml_of = {}
@@ -346,7 +350,7 @@ def _load(
                 }
             )
         dicts.append({**record, "image_id": image_id, "annotations": annotations})
-    return dicts, classes
+    return dicts, classes, unreadable
 
 
 def load_voc_folder(
@@ -385,7 +389,7 @@ def load_voc_folder(
             without any object.
         ValueError: ``difficult`` is not a mode, or ``classes`` is empty or repeats a name.
     """
-    dicts, classes = _load(os.fspath(annotations_dir), os.fspath(images_dir), classes, difficult)
+    dicts, classes, _ = _load(os.fspath(annotations_dir), os.fspath(images_dir), classes, difficult)
     if dataset_name is not None:
         MetadataCatalog.get(dataset_name).thing_classes = classes
     return dicts
@@ -445,7 +449,15 @@ def register_voc_dataset(
             f"{annotations_dir}"
         )
 
-    dicts, classes = _load(annotations_dir, images_dir, classes, difficult)
+    dicts, classes, unreadable = _load(annotations_dir, images_dir, classes, difficult)
+    extra = {}
+    if unreadable:
+        # For validate_config: evaluation needs every image; training only with
+        # DATALOADER.SKIP_UNREADABLE_IMAGES.
+        extra["unreadable_images"] = unreadable_images_message(
+            annotations_dir, unreadable, len(dicts)
+        )
+        logger.warning(extra["unreadable_images"])
     DatasetCatalog.register(name, lambda: copy.deepcopy(dicts))
     MetadataCatalog.get(name).set(
         thing_classes=list(classes),
@@ -454,6 +466,7 @@ def register_voc_dataset(
         annotations_dir=annotations_dir,
         images_dir=images_dir,
         difficult=difficult,
+        **extra,
     )
     _registered[name] = request
     num_boxes = sum(len(d["annotations"]) for d in dicts)

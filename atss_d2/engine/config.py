@@ -201,23 +201,32 @@ def check_dataset_images(
 ) -> None:
     """
     Raise :class:`ConfigError` for the first of ``names`` (set by ``key``) whose registration
-    found image files missing (``register_coco_dataset`` keeps its warning in the metadata as
-    ``missing_images``). Training passes the key that skips unreadable images (``skip_key``,
+    found image files missing or unreadable (``register_coco_dataset`` and
+    ``register_voc_dataset`` keep their warnings in the metadata as ``missing_images`` and
+    ``unreadable_images``). Training passes the key that skips unreadable images (``skip_key``,
     e.g. ``DATALOADER.SKIP_UNREADABLE_IMAGES``) and its value (``skip``): set, the missing
     files are skipped and not an error. Evaluation passes neither: it needs every image.
     """
+    fix = (
+        f"or set {skip_key} True to train without them"
+        if skip_key
+        else ("evaluation needs every image")
+    )
     for name in names:
-        message = MetadataCatalog.get(name).get("missing_images")
-        if not message or skip:
+        meta = MetadataCatalog.get(name)
+        if skip:
             continue
-        if skip_key:
-            fix = f"or set {skip_key} True to train without them"
-        else:
-            fix = "evaluation needs every image"
-        raise ConfigError(
-            f"{key} names dataset {name!r}: {message}. Put the files there or give the right "
-            f"IMAGE_DIR; {fix}"
-        )
+        message = meta.get("missing_images")
+        if message:
+            raise ConfigError(
+                f"{key} names dataset {name!r}: {message}. Put the files there or give the "
+                f"right IMAGE_DIR; {fix}"
+            )
+        message = meta.get("unreadable_images")
+        if message:
+            raise ConfigError(
+                f"{key} names dataset {name!r}: {message}. Replace or remove them; {fix}"
+            )
 
 
 def check_num_classes(cfg: CfgNode, dataset_names: Iterable[str]) -> List[str]:
@@ -326,7 +335,8 @@ def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
     files on disk (:func:`check_dataset_images`), their classes match
     ``MODEL.ATSS.NUM_CLASSES`` and each other (where the metadata already lists them; the
     trainer checks the rest once the datasets are loaded; without ``train``, the registered
-    ``DATASETS.TRAIN`` datasets take part too), and the solver's periods are positive.
+    ``DATASETS.TRAIN`` datasets of ``NUM_CLASSES`` classes take part in the comparison), and
+    the solver's periods are positive.
 
     Raises:
         ConfigError: naming the key and the problem.
@@ -352,9 +362,16 @@ def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
     check_dataset_images(cfg.DATASETS.TEST, "DATASETS.TEST")
     if train:
         names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
-    else:  # the training datasets registered for their class names (the model's class ids)
+    else:
+        # Registered training datasets of the model's class count name its class ids; others
+        # (e.g. a config's built-in COCO split, left in place) say nothing about the model.
         registered = DatasetCatalog.list()
-        names = [n for n in cfg.DATASETS.TRAIN if n in registered] + list(cfg.DATASETS.TEST)
+        names = [
+            n
+            for n in cfg.DATASETS.TRAIN
+            if n in registered
+            and len(MetadataCatalog.get(n).get("thing_classes", [])) == cfg.MODEL.ATSS.NUM_CLASSES
+        ] + list(cfg.DATASETS.TEST)
     unchecked = check_num_classes(cfg, names)
     if unchecked:
         logger.info(f"Classes of {unchecked} will be checked once the datasets are loaded")
