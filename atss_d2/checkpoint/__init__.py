@@ -25,6 +25,7 @@ from .detection_checkpoint import (
 from .safe_load import (
     CheckpointReadError,
     UnsafeCheckpointError,
+    check_file_format,
     load_checkpoint_file,
     safe_pickle_load,
     safe_torch_load,
@@ -40,6 +41,7 @@ __all__ = [
     "ModelArch",
     "SafeDetectionCheckpointer",
     "UnsafeCheckpointError",
+    "check_file_format",
     "compare_cell_anchors",
     "convert_state_dict",
     "default_config",

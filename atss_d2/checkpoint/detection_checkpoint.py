@@ -2,10 +2,15 @@
 
 import logging
 import os
+import re
+import shlex
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
+import numpy as np
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
 from .safe_load import CheckpointReadError, load_checkpoint_file
 
@@ -26,6 +31,23 @@ _PARTS = (
 )
 # Buffers rebuilt from the config, never expected in a checkpoint.
 _CONFIG_BUFFERS = ("pixel_mean", "pixel_std")
+_NORM_STATS = ("running_mean", "running_var")
+
+# Layouts of other projects' checkpoints, which ``tools/convert_checkpoint.py --source`` converts:
+# (source, description, pattern of their parameter names, without a "module." prefix).
+_FOREIGN_LAYOUTS = (
+    (
+        "atss",
+        "ATSS authors' (maskrcnn-benchmark)",
+        re.compile(r"(backbone\.body|backbone\.fpn\.fpn_(inner|layer)\d|rpn\.head)\."),
+    ),
+    (
+        "mmdet",
+        "mmdetection",
+        re.compile(r"(bbox_head|neck)\.|backbone\.(conv1|bn1|layer[1-4])\."),
+    ),
+    ("torchvision", "torchvision ResNet", re.compile(r"layer[1-4]\.\d+\.|fc\.(weight|bias)$")),
+)
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -49,26 +71,72 @@ class LoadReport:
         reinitialised: (name, shape in the file, shape in the model) of tensors whose shape
             differs, left at the model's initialisation.
         num_classes: the model's number of classes (its head's ``num_classes``), if it has one.
+        num_anchors: the model's anchors per location (outputs of its head's ``bbox_pred`` / 4),
+            if it has a head; else derived from ``num_classes`` and the classification layer.
+        default_norm_stats: BatchNorm ``running_mean`` / ``running_var`` tensors the file lacks
+            while it has the layer's weight (Detectron / Caffe2 ImageNet models fold them into
+            scale and bias): not counted as loaded in ``parts``; they hold 0 and 1.
+        unmatched: names of tensors given to the model that it has none of (after the
+            ``module.`` prefix of DistributedDataParallel is removed and name matching).
+
+    A model tensor counts as loaded when the state dict given to the model has it, under its
+    name and with its shape.
     """
 
     path: str
     parts: Dict[str, Tuple[int, int]] = field(default_factory=dict)
     reinitialised: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
     num_classes: Optional[int] = None
+    num_anchors: Optional[int] = None
+    default_norm_stats: int = 0
+    unmatched: List[str] = field(default_factory=list)
+
+    def _cls_and_anchors(self) -> Optional[Tuple[int, int, int]]:
+        """(outputs of the file's classification layer, its anchors per location, the model's
+        anchors per location) when ``head.cls_score`` was re-initialised, else None."""
+        shapes = {name: (in_file, in_model) for name, in_file, in_model in self.reinitialised}
+        if "head.cls_score.weight" not in shapes or not self.num_classes:
+            return None
+        in_file, in_model = shapes["head.cls_score.weight"]
+        model_anchors = self.num_anchors or max(in_model[0] // self.num_classes, 1)
+        file_anchors = model_anchors
+        if "head.bbox_pred.weight" in shapes:
+            file_anchors = max(shapes["head.bbox_pred.weight"][0][0] // 4, 1)
+        return in_file[0], file_anchors, model_anchors
 
     def checkpoint_num_classes(self) -> Optional[int]:
         """The number of classes of the file's classification layer when it differs from the
         model's (``head.cls_score`` re-initialised), else None. The layer has (anchors per
         location x classes) outputs; the anchors per location are the model's, or the file's
         when its box regression layer differs too."""
-        shapes = {name: (in_file, in_model) for name, in_file, in_model in self.reinitialised}
-        if "head.cls_score.weight" not in shapes or not self.num_classes:
+        found = self._cls_and_anchors()
+        if found is None:
             return None
-        in_file, in_model = shapes["head.cls_score.weight"]
-        anchors = max(in_model[0] // self.num_classes, 1)
-        if "head.bbox_pred.weight" in shapes:
-            anchors = max(shapes["head.bbox_pred.weight"][0][0] // 4, 1)
-        return in_file[0] // anchors
+        outputs, file_anchors, _ = found
+        if outputs % file_anchors:
+            return None
+        classes = outputs // file_anchors
+        return None if classes == self.num_classes else classes
+
+    def checkpoint_head_layout(self) -> Optional[str]:
+        """When the file's head predicts another number of anchors per location than the
+        model's (its ``head.bbox_pred`` has another number of outputs, e.g. a RetinaNet head,
+        9 anchors per location, in an ATSS model, 1), how its classification layer decomposes,
+        e.g. "720 outputs = 9 anchors x 80 classes: a RetinaNet-style head"; else None."""
+        found = self._cls_and_anchors()
+        if found is None or found[1] == found[2]:
+            return None
+        outputs, file_anchors, model_anchors = found
+        if outputs % file_anchors:
+            return f"{outputs} outputs for {file_anchors} anchors per location"
+        layout = f"{outputs} outputs = {file_anchors} anchors x {outputs // file_anchors} classes"
+        if file_anchors > 1 and model_anchors == 1:
+            layout += ": a RetinaNet-style head"
+        return layout
+
+    def loaded_nothing(self) -> bool:
+        """Whether no tensor of the model came from the file."""
+        return not any(loaded for loaded, _ in self.parts.values())
 
     def from_scratch(self) -> List[str]:
         """Parts of the model of which no tensor came from the file."""
@@ -89,6 +157,37 @@ def _part_of(name: str) -> str:
     return name.split(".")[0]
 
 
+def _without_module_prefix(names) -> List[str]:
+    # fvcore removes DistributedDataParallel's "module." when every name has it.
+    names = list(names)
+    if names and all(not n or n.startswith("module.") for n in names):
+        return [n[len("module.") :] for n in names]
+    return names
+
+
+def _foreign_layout(names) -> Optional[Tuple[str, str, List[str]]]:
+    """
+    (``tools/convert_checkpoint.py`` source, description, the names in that layout) when
+    parameter names of a state dict are those of the ATSS authors' code (maskrcnn-benchmark),
+    of mmdetection or of a torchvision ResNet, else None.
+    """
+    names = list(names)
+    for source, description, pattern in _FOREIGN_LAYOUTS:
+        found = [
+            n for n in names if pattern.match(n[len("module.") :] if n.startswith("module.") else n)
+        ]
+        if found:
+            return source, description, found
+    return None
+
+
+def _converted_name(filename: str, source: str) -> str:
+    stem = os.path.splitext(os.path.basename(filename))[0]
+    if source == "torchvision":
+        return os.path.join("pretrained", f"{stem}-d2.pkl")
+    return os.path.join("output", "converted", f"{stem}-d2.pth")
+
+
 class SafeDetectionCheckpointer(DetectionCheckpointer):
     """
     :class:`DetectionCheckpointer` whose file reading refuses anything but data.
@@ -104,8 +203,11 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
 
     URLs (``detectron2://...``, ``https://...``) are fetched through detectron2's
     ``PathManager`` (downloaded once into its cache) and then read the same way. A missing
-    file, a failed download or an unreadable file raises :class:`WeightsNotFoundError` or
-    :class:`CheckpointReadError` naming it.
+    file, a directory, a failed download or an unreadable file (an HTML page, a truncated
+    file) raises :class:`WeightsNotFoundError` or :class:`CheckpointReadError` naming it. So
+    does an unconverted torchvision ResNet, ATSS authors' or mmdetection checkpoint, whose
+    names detectron2 cannot match: the error gives the ``tools/convert_checkpoint.py`` command
+    that converts it.
 
     After each load, :attr:`last_load_report` (a :class:`LoadReport`) says which parts of the
     model came from the file; the parts that start from scratch and any re-initialised layer
@@ -113,10 +215,13 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
     """
 
     last_load_report = None
+    _given_path = ""  # the path as given to load()
+    _loaded_file = ""  # the local file read
 
     def load(self, path, *args, **kwargs):
         self.last_load_report = None
         self._given_path = path
+        self._loaded_file = path
         if path:
             path = self._local_path(path)
         return super().load(path, *args, **kwargs)
@@ -124,6 +229,8 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
     def _local_path(self, path: str) -> str:
         if os.path.isfile(path):
             return path
+        if os.path.isdir(path):
+            raise WeightsNotFoundError(_directory_message(path))
         if "://" not in path:
             raise WeightsNotFoundError(
                 f"Weights file not found: {path!r} (MODEL.WEIGHTS or the file --resume "
@@ -148,6 +255,13 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             raise CheckpointReadError(
                 f"{filename!r} holds a {type(data).__name__}, not a checkpoint's dict"
             )
+        checkpoint = self._detectron2_layout(filename, data)
+        self._check_layout(filename, data, checkpoint["model"])
+        self._loaded_file = filename
+        return checkpoint
+
+    def _detectron2_layout(self, filename: str, data: dict) -> dict:
+        """``data`` as detectron2 understands it: ``{"model": state dict, ...}``."""
         if filename.endswith(".pkl"):
             if "model" in data and "__author__" in data:
                 # detectron2 model-zoo format (also what tools/convert_checkpoint.py writes).
@@ -172,40 +286,142 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             data = {"model": data}
         return data
 
+    def _check_layout(self, filename: str, data: dict, weights) -> None:
+        """
+        Refuse, naming ``filename``, the checkpoints of other projects (torchvision, the ATSS
+        authors' code, mmdetection), whose names detectron2 cannot match, with the command that
+        converts them.
+        """
+        if not isinstance(weights, Mapping):
+            raise CheckpointReadError(
+                f"{filename!r}: its 'model' entry is a {type(weights).__name__}, not a state "
+                "dict of tensors"
+            )
+        names = list(weights)
+        inner = data.get("state_dict") if "model" not in data else None
+        if isinstance(inner, Mapping):  # mmdetection's {"state_dict": ..., "meta": ...}
+            names = list(inner)
+        known = set(_without_module_prefix(names)) & set(self.model.state_dict())
+        found = _foreign_layout(names)
+        if found is not None and len(found[2]) <= len(known):
+            found = None  # mostly this model's names: a few extra tensors
+        if found is None and not known and isinstance(inner, Mapping) and "meta" in data:
+            found = ("mmdet", "mmdetection", ["state_dict", "meta"])
+        if found is not None:
+            source, description, examples = found[0], found[1], found[2][:2]
+            out = _converted_name(filename, source)
+            command = shlex.join(
+                ["python", "tools/convert_checkpoint.py", "--source", source, filename, out]
+            )
+            raise CheckpointReadError(
+                f"{filename!r} is an unconverted {description} checkpoint (keys like "
+                f"{', '.join(examples)}), whose names this model does not have: convert it with "
+                f"`{command}` and set MODEL.WEIGHTS to {out} (docs/MODEL_ZOO.md)"
+            )
+
+    def _check_tensors(self, checkpoint) -> None:
+        """Refuse, naming the file, weights that are no state dict of tensors."""
+        weights = checkpoint["model"]
+        bad = [k for k, v in weights.items() if not isinstance(v, (torch.Tensor, np.ndarray))]
+        if bad:
+            keys = sorted(map(str, checkpoint))[:8]
+            kind = type(weights[bad[0]]).__name__
+            raise CheckpointReadError(
+                f"{self._loaded_file!r} is not a detectron2 checkpoint: its weights hold {kind} "
+                f"{bad[0]!r}, not a tensor (top-level keys {keys}); detectron2 reads "
+                "{'model': {name: tensor}} or a bare state dict, and tools/convert_checkpoint.py "
+                "converts mmdetection, ATSS authors' and torchvision files"
+            )
+
     def _load_model(self, checkpoint):
+        self._check_tensors(checkpoint)
+        heuristics = checkpoint.get("matching_heuristics", False)
+        if heuristics:
+            # detectron2's name matching (Caffe2 / model-zoo ImageNet files), done here so that
+            # the report sees the names the model is given.
+            self._convert_ndarray_to_tensor(checkpoint["model"])
+            checkpoint["model"] = align_and_update_state_dicts(
+                self.model.state_dict(),
+                checkpoint["model"],
+                c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
+            )
+            checkpoint["matching_heuristics"] = False
+        weights = checkpoint["model"]
+        given = dict(
+            zip(
+                _without_module_prefix(weights),
+                (tuple(v.shape) for v in weights.values()),
+            )
+        )
         incompatible = super()._load_model(checkpoint)
-        self.last_load_report = self._report(incompatible)
+        if heuristics:
+            checkpoint["matching_heuristics"] = heuristics
+        self.last_load_report = self._report(incompatible, given)
         self._log_report(self.last_load_report)
         return incompatible
 
-    def _report(self, incompatible) -> LoadReport:
-        not_loaded = set(incompatible.missing_keys)
-        not_loaded.update(k for k, _, _ in incompatible.incorrect_shapes)
-        report = LoadReport(getattr(self, "_given_path", ""))
+    def _report(self, incompatible, given: Dict[str, tuple]) -> LoadReport:
+        """What the model got from ``given`` (name -> shape of the tensors it was given)."""
+        report = LoadReport(self._given_path)
         report.parts = {part: (0, 0) for _, part in _PARTS}  # in this order in the log
-        for name in self.model.state_dict():
+        for name, value in self.model.state_dict().items():
             if name.rsplit(".", 1)[-1] in _CONFIG_BUFFERS or name.endswith("num_batches_tracked"):
                 continue
             part = _part_of(name)
             loaded, total = report.parts.get(part, (0, 0))
-            report.parts[part] = (loaded + (name not in not_loaded), total + 1)
+            found = given.get(name) == tuple(value.shape)
+            report.parts[part] = (loaded + found, total + 1)
+            prefix, leaf = name.rsplit(".", 1) if "." in name else ("", name)
+            if leaf in _NORM_STATS and name not in given and f"{prefix}.weight" in given:
+                report.default_norm_stats += 1
         report.parts = {part: counts for part, counts in report.parts.items() if counts[1]}
         report.reinitialised = list(incompatible.incorrect_shapes)
-        report.num_classes = getattr(getattr(self.model, "head", None), "num_classes", None)
+        report.unmatched = list(incompatible.unexpected_keys)
+        head = getattr(self.model, "head", None)
+        report.num_classes = getattr(head, "num_classes", None)
+        bbox_pred = getattr(head, "bbox_pred", None)
+        if isinstance(getattr(bbox_pred, "weight", None), torch.Tensor):
+            report.num_anchors = max(bbox_pred.weight.shape[0] // 4, 1)
         return report
 
     def _log_report(self, report: LoadReport) -> None:
         summary = ", ".join(f"{p} {n}/{t}" for p, (n, t) in report.parts.items())
         logger.info(f"Tensors loaded from {report.path}: {summary}")
-        scratch = report.from_scratch()
-        if scratch:
+        if report.default_norm_stats:
             logger.info(
-                f"Not in {report.path}, starting from scratch: {', '.join(scratch)} "
-                "(normal for an ImageNet backbone file)"
+                f"{report.default_norm_stats} BatchNorm running means / variances are not in "
+                f"{report.path} (as in Detectron / Caffe2 ImageNet models, whose normalisation "
+                "is in scale and bias): they are 0 and 1"
+            )
+        if report.loaded_nothing():
+            names = (
+                f" (its names: {', '.join(report.unmatched[:3])}, ...)" if report.unmatched else ""
+            )
+            logger.warning(
+                f"Nothing was loaded from {report.path}: none of its tensors has the name and "
+                f"shape of one of this model{names}; the whole model stays at its "
+                "initialisation. Is it a checkpoint of another model?"
+            )
+        scratch = report.from_scratch()
+        if scratch and not report.loaded_nothing():
+            backbone_only = set(scratch) <= {"FPN", "detection head"}
+            logger.info(
+                f"Not in {report.path}, starting from scratch: {', '.join(scratch)}"
+                + (" (normal for an ImageNet backbone file)" if backbone_only else "")
             )
         file_classes = report.checkpoint_num_classes()
+        layout = report.checkpoint_head_layout()
+        anchors = report.num_anchors or 1
         for name, in_file, in_model in report.reinitialised:
-            if name.startswith("head.cls_score") and file_classes is not None:
+            if name.startswith("head.cls_score") and layout is not None:
+                logger.warning(
+                    f"{name}: the checkpoint's head has another layout ({layout}; this model: "
+                    f"{anchors} anchor{'s' if anchors > 1 else ''} x {report.num_classes} "
+                    "classes per location): the classification and box layers are "
+                    "re-initialised and train from scratch; for inference, use the config the "
+                    "checkpoint was trained with"
+                )
+            elif name.startswith("head.cls_score") and file_classes is not None:
                 logger.warning(
                     f"{name}: the checkpoint has {file_classes} classes, this model "
                     f"{report.num_classes} (MODEL.ATSS.NUM_CLASSES): the classification layer "
@@ -217,3 +433,20 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
                     f"{name}: shape {tuple(in_file)} in the checkpoint, {tuple(in_model)} in "
                     "the model: left at its initialisation"
                 )
+
+
+def _directory_message(path: str) -> str:
+    """What to say of a directory given as a weights file: which file of it to give."""
+    message = f"Weights path {path!r} is a directory, not a checkpoint file"
+    final = os.path.join(path, "model_final.pth")
+    tag = os.path.join(path, "last_checkpoint")
+    if os.path.isfile(final):
+        return f"{message}: set MODEL.WEIGHTS to {final}, the final model it holds"
+    if os.path.isfile(tag):
+        with open(tag, encoding="utf-8", errors="replace") as f:
+            last = os.path.join(path, f.read().strip())
+        return (
+            f"{message}: its last_checkpoint names {last}; set MODEL.WEIGHTS to it (or resume "
+            f"with --resume and OUTPUT_DIR {path})"
+        )
+    return f"{message} (it holds no model_final.pth or last_checkpoint): give the file's path"

@@ -11,11 +11,14 @@ downloaded checkpoint can run arbitrary code under ``torch.load(weights_only=Fal
   numpy arrays, dtypes, scalars and ``OrderedDict``; builtin containers need no lookup at all.
 
 Anything else raises :class:`UnsafeCheckpointError` naming the file and the refused global,
-before the global is imported or called.
+before the global is imported or called. A file that is no zip or pickle at all (an HTML page
+saved by a failed download, an empty or unrelated file) raises :class:`CheckpointReadError`.
 """
 
 import os
 import pickle
+import pickletools
+import re
 import zipfile
 from collections import OrderedDict
 from typing import Any, Dict, Tuple
@@ -26,6 +29,7 @@ import torch
 __all__ = [
     "CheckpointReadError",
     "UnsafeCheckpointError",
+    "check_file_format",
     "load_checkpoint_file",
     "safe_pickle_load",
     "safe_torch_load",
@@ -119,12 +123,39 @@ def _torch_safe_globals() -> list:
     ]
 
 
+_PICKLE_OPCODES = frozenset(op.code.encode("latin1")[0] for op in pickletools.opcodes)
+_ZIP_MAGIC = b"PK\x03\x04"
+# How a pickle of a checkpoint starts: PROTO and its number (protocols 2 and above, torch's
+# legacy format), or, in protocols 0 and 1, the opening of a dict (MARK of "(dp0", EMPTY_DICT)
+# or the GLOBAL of an OrderedDict.
+_PICKLE_STARTS = (b"(", b"}", b"c")
+
+
+def _starts_like_a_pickle(head: bytes) -> bool:
+    if head[:1] == pickle.PROTO:
+        return len(head) > 1 and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL
+    return head[:1] in _PICKLE_STARTS
+
+
+def _unknown_opcode(error: Exception) -> bool:
+    """Whether torch's weights-only unpickler stopped at a byte that is no pickle opcode at all
+    (a damaged or foreign file), rather than at an opcode or object it does not accept."""
+    match = re.search(r"Unsupported operand (\d+)", str(error))
+    return match is not None and int(match.group(1)) not in _PICKLE_OPCODES
+
+
 def safe_torch_load(path: str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, also accepting numpy arrays."""
     try:
         with torch.serialization.safe_globals(_torch_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if _unknown_opcode(e):
+            raise CheckpointReadError(
+                f"Cannot read checkpoint file {path!r}: it is not a valid pickle "
+                f"({_short_reason(e)}, which is no pickle opcode). Is it truncated (an "
+                "interrupted download) or another format?"
+            ) from None
         raise UnsafeCheckpointError(
             f"Refusing to load {path!r}: it contains Python objects that torch.load("
             f"weights_only=True) does not accept, and loading them could run arbitrary code "
@@ -141,6 +172,36 @@ def _short_reason(error: Exception) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+def check_file_format(path: str) -> None:
+    """
+    Raise :class:`CheckpointReadError` when the start of ``path`` shows that it is no checkpoint:
+    empty, an HTML page (what a failed or blocked download saves), or neither a zip (torch's
+    format) nor a pickle (torch's legacy format, ``.pkl`` model-zoo files).
+    """
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        raise CheckpointReadError(
+            f"{path!r} is not a checkpoint: it is empty (0 bytes; an interrupted download or "
+            "copy?). Download or copy it again."
+        )
+    if head.startswith(_ZIP_MAGIC):
+        return
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith(b"<"):
+        raise CheckpointReadError(
+            f"{path!r} is not a checkpoint: it starts with '<' (an HTML page: a failed "
+            "download?). Open it in a text editor to see the page, then download the file "
+            "again (from a browser if the site shows a confirmation page)."
+        )
+    if not _starts_like_a_pickle(head):
+        raise CheckpointReadError(
+            f"{path!r} is not a checkpoint: it is neither a zip nor a pickle file (it starts "
+            f"with {head[:8]!r}). MODEL.WEIGHTS takes .pth / .pkl files saved by torch, "
+            "detectron2 or tools/convert_checkpoint.py."
+        )
+
+
 def load_checkpoint_file(path: str) -> Any:
     """
     Load a checkpoint file without arbitrary unpickling: torch zip files (recognised by content)
@@ -150,16 +211,17 @@ def load_checkpoint_file(path: str) -> Any:
     Raises:
         FileNotFoundError: no such file.
         UnsafeCheckpointError: the file needs code execution to load; nothing was executed.
-        CheckpointReadError: the file is not a readable checkpoint (truncated, another
-            format); a ``ValueError``.
+        CheckpointReadError: the file is not a readable checkpoint (empty, an HTML page,
+            truncated, another format); a ``ValueError``.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file {path!r} does not exist")
+    check_file_format(path)
     try:
         if zipfile.is_zipfile(path) or not path.endswith(".pkl"):
             return safe_torch_load(path)
         return safe_pickle_load(path)
-    except UnsafeCheckpointError:
+    except (UnsafeCheckpointError, CheckpointReadError):
         raise
     except Exception as e:  # corrupt or foreign files fail in many ways inside the unpicklers
         raise CheckpointReadError(
