@@ -857,3 +857,26 @@ def test_torchvision_resnet18_with_the_cpu_config_drops_the_counters(tmp_path, c
     counter_rows = [line for line in counter_rows if "(ignored)" in line]
     assert len(counter_rows) == 4  # the stem's, the blocks' bn1 and bn2, the shortcuts'
     assert all(line.endswith(BN_COUNTER_REASON) for line in counter_rows)
+
+
+def test_a_wrong_source_names_the_layout_the_file_has(tmp_path, capsys):
+    torchvision = pytest.importorskip("torchvision")
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    tv_path, mmdet_path = str(tmp_path / "resnet18.pth"), str(tmp_path / "mmdet.pth")
+    torch.save(state, tv_path)
+    torch.save(
+        {"state_dict": {"backbone." + k: v for k, v in state.items()}, "meta": {}}, mmdet_path
+    )
+    out_path = str(tmp_path / "out.pkl")
+    tool = load_tool()
+    for source, path, right in (
+        ("mmdet", tv_path, "torchvision ResNet checkpoints (e.g. layer1.0.conv1.weight"),
+        ("atss", tv_path, "torchvision ResNet checkpoints"),
+        ("torchvision", mmdet_path, "mmdetection checkpoints (e.g. backbone.conv1.weight"),
+    ):
+        assert tool.main(["--source", source, path, out_path]) == 2
+        err = capsys.readouterr().err
+        assert f"none of its tensors has a name of the {source} layout" in err
+        assert right in err and "nothing written" in err
+        assert f"use --source {'torchvision' if 'torchvision' in right else 'mmdet'}" in err
+        assert not os.path.exists(out_path)

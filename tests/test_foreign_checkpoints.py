@@ -267,7 +267,10 @@ def test_inference_with_a_retinanet_style_head_names_no_class_count(tmp_path, ca
     with pytest.raises(IncompatibleWeightsError) as e:
         check_head_for_inference(str(path), checkpointer.last_load_report)
     assert "classes in the checkpoint" not in str(e.value)
-    assert "does not fit the model of the config" in str(e.value)
+    assert f"the checkpoint's detection head has another layout ({layout} head); this model " in (
+        str(e.value)
+    )
+    assert f"1 anchor(s) x {NUM_CLASSES} classes per location" in str(e.value)
 
 
 # Formats that load as detectron2 loads them

@@ -95,6 +95,7 @@ def main(argv=None) -> int:
         save_detectron2_checkpoint,
         verify_against,
     )
+    from atss_d2.checkpoint.convert import source_mismatch
 
     try:
         checkpoint = load_checkpoint_file(args.input)
@@ -102,6 +103,10 @@ def main(argv=None) -> int:
         converted, report = convert_state_dict(args.source, state)
     except (UnsafeCheckpointError, ConversionError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    mismatch = None if report.mapped else source_mismatch(args.source, state)
+    if mismatch:
+        print(f"error: {args.input}: {mismatch}; nothing written", file=sys.stderr)
         return 2
     report.notes += notes
 

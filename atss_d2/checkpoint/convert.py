@@ -58,8 +58,10 @@ __all__ = [
     "convert_state_dict",
     "default_config",
     "extract_state_dict",
+    "foreign_layout",
     "infer_model_arch",
     "save_detectron2_checkpoint",
+    "source_mismatch",
     "verify_against",
 ]
 
@@ -364,6 +366,62 @@ def _table(rows: Sequence[Sequence[str]]) -> List[str]:
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# Layouts
+# ------------------------------------------------------------------------------------------
+# Layouts of other projects' checkpoints, which ``tools/convert_checkpoint.py --source`` converts:
+# (source, description, pattern of their parameter names, without a "module." prefix).
+_FOREIGN_LAYOUTS = (
+    (
+        "atss",
+        "ATSS authors' (maskrcnn-benchmark)",
+        re.compile(r"(backbone\.body|backbone\.fpn\.fpn_(inner|layer)\d|rpn\.head)\."),
+    ),
+    (
+        "mmdet",
+        "mmdetection",
+        re.compile(r"(bbox_head|neck)\.|backbone\.(conv1|bn1|layer[1-4])\."),
+    ),
+    ("torchvision", "torchvision ResNet", re.compile(r"layer[1-4]\.\d+\.|fc\.(weight|bias)$")),
+)
+
+
+def foreign_layout(names) -> Optional[Tuple[str, str, List[str]]]:
+    """
+    (``tools/convert_checkpoint.py`` source, description, the names in that layout) when
+    parameter names of a state dict are those of the ATSS authors' code (maskrcnn-benchmark),
+    of mmdetection or of a torchvision ResNet, else None.
+    """
+    names = list(names)
+    for source, description, pattern in _FOREIGN_LAYOUTS:
+        found = [
+            n for n in names if pattern.match(n[len("module.") :] if n.startswith("module.") else n)
+        ]
+        if found:
+            return source, description, found
+    return None
+
+
+def source_mismatch(source: str, state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """Why ``--source source`` cannot be right for ``state`` when none of its names matches
+    that source's layout: the layout they have instead, else None."""
+    names = list(state)
+    found = foreign_layout(names)
+    if found is not None and found[0] != source:
+        return (
+            f"none of its tensors has a name of the {source} layout; its names are those of "
+            f"{found[1]} checkpoints (e.g. {found[2][0]}): use --source {found[0]}"
+        )
+    plain = [n[len("module.") :] if n.startswith("module.") else n for n in names]
+    if any(n.startswith(("backbone.bottom_up.", "head.cls_score")) for n in plain):
+        return (
+            "none of its tensors has a name of the "
+            f"{source} layout; it is already a detectron2 / atss_d2 checkpoint: give it to "
+            "MODEL.WEIGHTS as it is"
+        )
+    return None
 
 
 # ------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 import logging
 import os
-import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -12,6 +11,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
+from .convert import foreign_layout
 from .safe_load import CheckpointReadError, load_checkpoint_file
 
 __all__ = [
@@ -32,22 +32,6 @@ _PARTS = (
 # Buffers rebuilt from the config, never expected in a checkpoint.
 _CONFIG_BUFFERS = ("pixel_mean", "pixel_std")
 _NORM_STATS = ("running_mean", "running_var")
-
-# Layouts of other projects' checkpoints, which ``tools/convert_checkpoint.py --source`` converts:
-# (source, description, pattern of their parameter names, without a "module." prefix).
-_FOREIGN_LAYOUTS = (
-    (
-        "atss",
-        "ATSS authors' (maskrcnn-benchmark)",
-        re.compile(r"(backbone\.body|backbone\.fpn\.fpn_(inner|layer)\d|rpn\.head)\."),
-    ),
-    (
-        "mmdet",
-        "mmdetection",
-        re.compile(r"(bbox_head|neck)\.|backbone\.(conv1|bn1|layer[1-4])\."),
-    ),
-    ("torchvision", "torchvision ResNet", re.compile(r"layer[1-4]\.\d+\.|fc\.(weight|bias)$")),
-)
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -163,22 +147,6 @@ def _without_module_prefix(names) -> List[str]:
     if names and all(not n or n.startswith("module.") for n in names):
         return [n[len("module.") :] for n in names]
     return names
-
-
-def _foreign_layout(names) -> Optional[Tuple[str, str, List[str]]]:
-    """
-    (``tools/convert_checkpoint.py`` source, description, the names in that layout) when
-    parameter names of a state dict are those of the ATSS authors' code (maskrcnn-benchmark),
-    of mmdetection or of a torchvision ResNet, else None.
-    """
-    names = list(names)
-    for source, description, pattern in _FOREIGN_LAYOUTS:
-        found = [
-            n for n in names if pattern.match(n[len("module.") :] if n.startswith("module.") else n)
-        ]
-        if found:
-            return source, description, found
-    return None
 
 
 def _converted_name(filename: str, source: str) -> str:
@@ -302,7 +270,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         if isinstance(inner, Mapping):  # mmdetection's {"state_dict": ..., "meta": ...}
             names = list(inner)
         known = set(_without_module_prefix(names)) & set(self.model.state_dict())
-        found = _foreign_layout(names)
+        found = foreign_layout(names)
         if found is not None and len(found[2]) <= len(known):
             found = None  # mostly this model's names: a few extra tensors
         if found is None and not known and isinstance(inner, Mapping) and "meta" in data:

@@ -62,6 +62,14 @@ def check_head_for_inference(
     head = [e for e in report.reinitialised if e[0].startswith("head.")] if report else []
     if not head:
         return warn_if_head_untrained(weights, report)
+    layout = report.checkpoint_head_layout()
+    if layout is not None:  # another anchors-per-location: no class count to set
+        raise IncompatibleWeightsError(
+            f"{weights}: the checkpoint's detection head has another layout ({layout}); this "
+            f"model predicts {report.num_anchors or 1} anchor(s) x {report.num_classes} classes "
+            "per location: it is the checkpoint of another detector; run it with the config it "
+            "was trained with"
+        )
     file_classes = report.checkpoint_num_classes()
     if file_classes is not None:
         raise IncompatibleWeightsError(
