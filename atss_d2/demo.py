@@ -209,13 +209,17 @@ def video_output_path(source: str, output: Optional[str]) -> Optional[str]:
 # Class names
 # ----------------------------------------------------------------------------------------------
 def class_metadata(
-    cfg, registered: Sequence[str] = (), classes: Union[None, str, Sequence[str]] = None
+    cfg,
+    registered: Sequence[str] = (),
+    classes: Union[None, str, Sequence[str]] = None,
+    checkpoint_classes: Optional[Sequence[str]] = None,
 ) -> Metadata:
     """
     The metadata whose ``thing_classes`` label the drawn boxes: those of the first dataset of
     ``registered`` (``--coco-dataset`` / ``--voc-dataset``), else ``classes`` (``--classes``),
-    else those of ``cfg.DATASETS.TEST[0]``, else ``"class 0"``, ``"class 1"``, ... (detectron2's
-    Visualizer would write the bare id, "0 87%").
+    else those of ``cfg.DATASETS.TEST[0]``, else ``checkpoint_classes`` (the names saved with
+    the weights, ``SafePredictor.checkpoint_classes``), else ``"class 0"``, ``"class 1"``, ...
+    (detectron2's Visualizer would write the bare id, "0 87%").
 
     Raises:
         ClassNamesError: the names are not ``MODEL.ATSS.NUM_CLASSES`` many.
@@ -228,16 +232,25 @@ def class_metadata(
         metadata = Metadata(name="--classes", thing_classes=names)
     elif cfg.DATASETS.TEST and cfg.DATASETS.TEST[0] in MetadataCatalog.list():
         metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+    elif checkpoint_classes:
+        metadata = Metadata(name="MODEL.WEIGHTS", thing_classes=list(checkpoint_classes))
     else:
         metadata = Metadata(name="__unnamed")
     names = metadata.get("thing_classes")
+    if names is None and checkpoint_classes:
+        names = list(checkpoint_classes)
+        metadata = Metadata(name="MODEL.WEIGHTS", thing_classes=names)
     if names is None:
         # A new object: the catalog's metadata of a dataset is not altered.
         return Metadata(
             name=metadata.name, thing_classes=[f"class {i}" for i in range(num_classes)]
         )
     if len(names) != num_classes:
-        source = "--classes" if metadata.name == "--classes" else f"dataset {metadata.name!r}"
+        source = (
+            metadata.name
+            if metadata.name in ("--classes", "MODEL.WEIGHTS")
+            else f"dataset {metadata.name!r}"
+        )
         raise ClassNamesError(
             f"{source} has {len(names)} class names {names[:8]}, but the model has "
             f"MODEL.ATSS.NUM_CLASSES {num_classes}"

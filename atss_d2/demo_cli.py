@@ -41,6 +41,7 @@ from .demo import (
 )
 from .engine import SafePredictor, lazy
 from .engine.config import check_device
+from .engine.predictor import check_class_names
 from .train_net import load_yaml_config, one_line_error, register_datasets, resolve_config_file
 
 
@@ -143,7 +144,15 @@ def main(argv=None) -> List[str]:
         outputs = output_paths(paths, args.output)  # names: images are read one at a time
         if not paths:  # nothing to run a model on
             return run_demo([], metadata, args.save_json, failures)
-    demo = VisualizationDemo(SafePredictor(cfg), metadata, args.confidence_threshold)
+    predictor = SafePredictor(cfg)
+    # The class names saved with the weights name the boxes when nothing else does, and must
+    # match (in order) those given.
+    metadata = class_metadata(cfg, registered, args.classes, predictor.checkpoint_classes)
+    if metadata.name != "MODEL.WEIGHTS":
+        source = "--classes" if metadata.name == "--classes" else f"dataset {metadata.name!r}"
+        names = metadata.get("thing_classes")
+        check_class_names(cfg.MODEL.WEIGHTS, predictor.checkpoint_classes, names, source)
+    demo = VisualizationDemo(predictor, metadata, args.confidence_threshold)
     if args.input:
         results = run_on_image_files(demo, paths, outputs)
     elif args.video_input:

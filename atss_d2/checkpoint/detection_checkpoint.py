@@ -62,6 +62,8 @@ class LoadReport:
             scale and bias): not counted as loaded in ``parts``; they hold 0 and 1.
         unmatched: names of tensors given to the model that it has none of (after the
             ``module.`` prefix of DistributedDataParallel is removed and name matching).
+        thing_classes: the class names the checkpoint was trained on, when it holds them
+            (atss_d2's trainer saves those of its first training dataset); else None.
 
     A model tensor counts as loaded when the state dict given to the model has it, under its
     name and with its shape.
@@ -74,6 +76,7 @@ class LoadReport:
     num_anchors: Optional[int] = None
     default_norm_stats: int = 0
     unmatched: List[str] = field(default_factory=list)
+    thing_classes: Optional[List[str]] = None
 
     def _cls_and_anchors(self) -> Optional[Tuple[int, int, int]]:
         """(outputs of the file's classification layer, its anchors per location, the model's
@@ -325,6 +328,9 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         if heuristics:
             checkpoint["matching_heuristics"] = heuristics
         self.last_load_report = self._report(incompatible, given)
+        names = checkpoint.get("thing_classes")
+        if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+            self.last_load_report.thing_classes = list(names)
         self._log_report(self.last_load_report)
         return incompatible
 

@@ -169,7 +169,7 @@ def register_datasets_from_args(
     if isinstance(classes, str):
         classes = parse_class_names(classes)
     voc = list(voc or [])
-    if classes is not None and not voc:
+    if classes is not None and coco and not voc:
         raise ValueError(
             "--classes names the classes of --voc-dataset folders; a COCO json's classes are "
             "its 'categories' (drop --classes, or edit the json)"

@@ -87,12 +87,17 @@ class AtomicSaveMixin:
             raise
         _fsync_dir(os.path.dirname(path) or ".")
 
+    # Saved in every checkpoint besides the model and checkpointables (the trainer puts the
+    # class names of its training set there as "thing_classes").
+    extra_data: Dict[str, Any] = {}
+
     def save(self, name: str, **kwargs: Any) -> None:
         """
-        Save the model and checkpointables to ``{save_dir}/{name}.pth`` atomically, then tag it
-        as the last checkpoint. Skipped (with an error logged, the previous checkpoint and tag
-        left as they are) when the model's weights are not finite.
+        Save the model, checkpointables and :attr:`extra_data` to ``{save_dir}/{name}.pth``
+        atomically, then tag it as the last checkpoint. Skipped (with an error logged, the
+        previous checkpoint and tag left as they are) when the model's weights are not finite.
         """
+        kwargs = {**self.extra_data, **kwargs}
         if not self.save_dir or not self.save_to_disk:
             return
         model_state = self.model.state_dict()

@@ -11,7 +11,13 @@ from ..checkpoint import LoadReport, SafeDetectionCheckpointer
 from ..checkpoint.detection_checkpoint import IncompatibleWeightsError
 from .config import check_device
 
-__all__ = ["SafePredictor", "UNTRAINED_HEAD", "check_head_for_inference", "warn_if_head_untrained"]
+__all__ = [
+    "SafePredictor",
+    "UNTRAINED_HEAD",
+    "check_class_names",
+    "check_head_for_inference",
+    "warn_if_head_untrained",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +94,35 @@ def check_head_for_inference(
     )
 
 
+def _shown(names, most: int = 8) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
+def check_class_names(weights: str, saved, names, source: str) -> None:
+    """
+    Compare the class names ``saved`` with the checkpoint ``weights`` (by atss_d2's trainer:
+    :attr:`LoadReport.thing_classes`) with ``names``, those of ``source`` (a dataset,
+    ``--classes``) for inference. Nothing to compare (no saved names, other counts, which the
+    head check reports) or the same list: nothing happens. The same names in another order
+    would give each class id another class: :class:`IncompatibleWeightsError`. Other names
+    (renamed classes?) are a warning: detections of class ``i`` get the ``i``-th of ``names``.
+    """
+    saved, names = list(saved or []), list(names or [])
+    if not saved or len(saved) != len(names) or saved == names:
+        return
+    if sorted(saved) == sorted(names):
+        raise IncompatibleWeightsError(
+            f"{weights} was trained on the classes ({_shown(saved)}) in this order, but "
+            f"{source} lists them in another ({_shown(names)}): each class id would be another "
+            "class. Give the classes in the training order (the same --voc-dataset folders or "
+            "--classes as for training; the same 'categories' in a COCO json)"
+        )
+    logger.warning(
+        f"{weights} was trained on the classes ({_shown(saved)}); {source} names them "
+        f"({_shown(names)}): class i is labelled with the i-th of these"
+    )
+
+
 @contextlib.contextmanager
 def _quiet_empty_load():
     """Without fvcore's "No checkpoint found. Initializing model from scratch" for the empty
@@ -128,3 +163,5 @@ class SafePredictor(DefaultPredictor):
             checkpointer.load(weights)
             report = checkpointer.last_load_report
         self.head_untrained = check_head_for_inference(weights, report)
+        # The class names saved with the weights (None if it has none): see check_class_names.
+        self.checkpoint_classes = report.thing_classes if report is not None else None
