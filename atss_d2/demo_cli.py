@@ -43,6 +43,7 @@ from .engine import SafePredictor, lazy
 from .engine.config import check_device
 from .engine.predictor import check_class_names
 from .train_net import load_yaml_config, one_line_error, register_datasets, resolve_config_file
+from .utils import score_arg
 
 
 def setup_cfg(args):
@@ -63,17 +64,6 @@ def setup_cfg(args):
     cfg.MODEL.ATSS.SCORE_THRESH_TEST = model_score_threshold(cfg, args.confidence_threshold)
     cfg.freeze()
     return cfg
-
-
-def _score(text: str) -> float:
-    """A score threshold: a number in [0, 1] (a detection's score is a probability)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:  # False for nan too
-        raise argparse.ArgumentTypeError(f"must be in [0, 1] (scores are in [0, 1]), got {text}")
-    return value
 
 
 def get_parser():
@@ -104,7 +94,7 @@ def get_parser():
     )
     parser.add_argument(
         "--confidence-threshold",
-        type=_score,
+        type=score_arg,
         default=0.5,
         help="minimum (drawn) score of the detections drawn and saved, in [0, 1]",
     )

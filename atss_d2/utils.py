@@ -1,11 +1,12 @@
-"""Small helpers shared by the tools."""
+"""Small helpers shared by the tools: JSON reading, compiled-ops probing, argument types."""
 
+import argparse
 import functools
 import json
 import os
 from typing import Any
 
-__all__ = ["has_compiled_ops", "read_json"]
+__all__ = ["count_arg", "has_compiled_ops", "iou_arg", "read_json", "score_arg"]
 
 
 def read_json(path: str, what: str) -> Any:
@@ -46,3 +47,39 @@ def has_compiled_ops() -> bool:
     except ImportError:
         return False
     return not getattr(_C, "ATSS_D2_PLACEHOLDER", False)
+
+
+# Argument types for the command lines (argparse ``type=``): a bad value is argparse's one-line
+# usage error naming the option.
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def score_arg(text: str) -> float:
+    """A score threshold: a number in [0, 1], as detection scores are."""
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:  # False for nan too
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (scores are in [0, 1]), got {text}")
+    return value
+
+
+def iou_arg(text: str) -> float:
+    """An IoU threshold: in (0, 1] (at 0 every detection would match every box)."""
+    value = _number(text)
+    if not 0.0 < value <= 1.0:  # False for nan too
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def count_arg(text: str) -> int:
+    """A number of images: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value

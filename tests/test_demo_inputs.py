@@ -107,9 +107,7 @@ def test_visualize_json_results_conf_threshold(capsys):
 @pytest.mark.parametrize("value", ["-1", "0"])
 def test_num_images_below_1(tool, argv, value, capsys):
     line = _parse_error(_tool(tool).get_parser(), argv + ["--num-images", value], capsys)
-    assert line.endswith(
-        f"argument --num-images: must be at least 1 (leave it out for all), got {value}"
-    )
+    assert line.endswith(f"argument --num-images: must be at least 1, got {value}")
 
 
 def test_num_images_counts_from_the_first(tmp_path):

@@ -25,29 +25,7 @@ from detectron2.utils.logger import setup_logger
 
 from atss_d2.analysis import CONFUSION_MATRIX_PNG, PER_CLASS_JSON, analyze_results
 from atss_d2.data import add_dataset_arguments, register_datasets_from_args
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
-def _iou(text: str) -> float:
-    """An IoU threshold: in (0, 1] (at 0 every detection would match every box)."""
-    value = _number(text)
-    if not 0.0 < value <= 1.0:  # False for nan too
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _score(text: str) -> float:
-    """A score threshold: in [0, 1], as the scores."""
-    value = _number(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1] (scores are in [0, 1]), got {text}")
-    return value
+from atss_d2.utils import iou_arg, score_arg
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -56,11 +34,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", required=True, help="name of the dataset the results are of")
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument(
-        "--iou-threshold", type=_iou, default=0.5, help="lowest IoU of a match, in (0, 1]"
+        "--iou-threshold", type=iou_arg, default=0.5, help="lowest IoU of a match, in (0, 1]"
     )
     parser.add_argument(
         "--score-threshold",
-        type=_score,
+        type=score_arg,
         default=0.5,
         help="lowest score of a counted detection, in [0, 1]",
     )

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from atss_d2 import add_atss_config
 from atss_d2.data.benchmark import benchmark_mappers, write_coco_like_images
 from atss_d2.data.mapper import ATSSDatasetMapper
+from atss_d2.utils import count_arg
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/, for bench_common
 from bench_common import machine_info  # noqa: E402
@@ -41,7 +42,7 @@ TARGET = 0.95
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config-file", default=str(DEFAULT_CONFIG))
-    p.add_argument("--num-images", type=int, default=48)
+    p.add_argument("--num-images", type=count_arg, default=48)
     p.add_argument("--size", default="640x480", help="WxH; every other image is HxW")
     p.add_argument("--workers", default="0,2", help="comma-separated loader worker counts")
     p.add_argument("--repeats", type=int, default=5, help="timed passes per mapper and workers")

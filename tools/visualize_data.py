@@ -23,18 +23,8 @@ import atss_d2.warning_filters  # noqa: F401  (first: before the detectron2 impo
 from detectron2.utils.logger import setup_logger
 
 from atss_d2.data import add_dataset_arguments, register_datasets_from_args
+from atss_d2.utils import count_arg
 from atss_d2.visualize import SOURCES, NoDisplayError, build_config, visualize_data
-
-
-def _count(text: str) -> int:
-    """A number of images: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (leave it out for all), got {text}")
-    return value
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -51,7 +41,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--show", action="store_true", help="show each image in a window (a key: next; Esc: stop)"
     )
     parser.add_argument(
-        "--num-images", type=_count, help="draw at most this many images (default: all)"
+        "--num-images", type=count_arg, help="draw at most this many images (default: all)"
     )
     add_dataset_arguments(parser)
     parser.add_argument(

@@ -24,29 +24,8 @@ import atss_d2.warning_filters  # noqa: F401  (first: before the detectron2 impo
 from detectron2.utils.logger import setup_logger
 
 from atss_d2.data import add_dataset_arguments, register_datasets_from_args
+from atss_d2.utils import count_arg, score_arg
 from atss_d2.visualize import visualize_json_results
-
-
-def _score(text: str) -> float:
-    """A score threshold: a number in [0, 1], as the scores."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:  # False for nan too
-        raise argparse.ArgumentTypeError(f"must be in [0, 1] (scores are in [0, 1]), got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    """A number of images: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (leave it out for all), got {text}")
-    return value
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -56,12 +35,12 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument(
         "--conf-threshold",
-        type=_score,
+        type=score_arg,
         default=0.5,
         help="lowest score of a drawn detection, in [0, 1]",
     )
     parser.add_argument(
-        "--num-images", type=_count, help="draw at most this many images (default: all)"
+        "--num-images", type=count_arg, help="draw at most this many images (default: all)"
     )
     add_dataset_arguments(parser)
     return parser
