@@ -28,7 +28,7 @@ from detectron2.solver import build_lr_scheduler
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from tiny_setup import REPO, image_dicts, one_torch_thread, write_coco_json
+from tiny_setup import CLASSES, REPO, image_dicts, one_torch_thread, write_coco_json
 from torch import nn
 
 from atss_d2 import ATSS, ATSSHead, add_atss_config, train_net
@@ -489,6 +489,7 @@ def test_train_evaluate_and_eval_only_through_train_net(tmp_path):
     checkpoint = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["iteration"] == 2 and {"model", "optimizer", "trainer"} <= set(checkpoint)
     assert checkpoint["model"]["head.cls_score.weight"].shape[0] == 2  # model.num_classes=2
+    assert checkpoint["thing_classes"] == list(CLASSES)  # the json's categories, as YAML runs
     assert not list(out.glob("*.tmp"))  # written atomically
     saved = LazyConfig.load(str(out / "config.yaml"))
     assert saved.train.max_iter == 3 and saved.model.num_classes == 2
