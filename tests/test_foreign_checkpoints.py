@@ -152,6 +152,14 @@ def test_an_html_page_and_random_bytes_are_no_checkpoint(tmp_path):
     empty.write_bytes(b"")
     assert "it is empty (0 bytes" in _load_error(tmp_path, empty)
 
+    # safetensors: an 8-byte header length, then its JSON header.
+    header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    tensors = tmp_path / "model.safetensors"
+    tensors.write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    message = _load_error(tmp_path, tensors)
+    assert message.startswith(f"{str(tensors)!r} is a safetensors file, which detectron2 does not")
+    assert "from safetensors.torch import load_file" in message
+
 
 class _RunsCode:
     def __reduce__(self):

@@ -194,6 +194,12 @@ def check_file_format(path: str) -> None:
             "download?). Open it in a text editor to see the page, then download the file "
             "again (from a browser if the site shows a confirmation page)."
         )
+    if path.endswith(".safetensors"):
+        raise CheckpointReadError(
+            f"{path!r} is a safetensors file, which detectron2 does not read: save its tensors "
+            'as a .pth first, e.g. python -c "import sys, torch; from safetensors.torch import '
+            "load_file; torch.save({'model': load_file(sys.argv[1])}, sys.argv[2])\" IN OUT"
+        )
     if not _starts_like_a_pickle(head):
         raise CheckpointReadError(
             f"{path!r} is not a checkpoint: it is neither a zip nor a pickle file (it starts "
