@@ -124,8 +124,11 @@ def test_undeclared_category_names_annotation_and_file(dataset):
         # detectron2's load_coco_json asserts on it; "ignore": 0 passes (the loader accepts it).
         (lambda d: d["annotations"][0].update(ignore=1), 'annotation id 7 has "ignore": 1'),
         (
-            lambda d: d["categories"].append({"id": 3, "name": "thing"}),
-            "categories 1 and 3 are both named 'thing'",
+            lambda d: (
+                d["categories"].append({"id": 3, "name": "thing"}),
+                d["annotations"].append(dict(d["annotations"][0], id=8, category_id=3)),
+            ),
+            "categories 1 and 3 are both named 'thing' and both have annotations",
         ),
     ],
 )
@@ -160,3 +163,15 @@ def test_classes_option_is_for_voc_folders(dataset):
     with pytest.raises(ValueError, match="--classes names the classes of --voc-dataset"):
         register_datasets_from_args([(name, str(json_file), str(image_dir))], None, "a,b")
     assert name not in DatasetCatalog.list()
+
+
+def test_an_unused_category_may_repeat_a_name(dataset):
+    """Roboflow's exports: category 0 is the project (no boxes), here named as its class."""
+    json_file, image_dir = dataset
+    data = _coco()
+    data["categories"] = [{"id": 0, "name": "thing", "supercategory": "none"},
+                          {"id": 1, "name": "thing", "supercategory": "thing"}]  # fmt: skip
+    _write(json_file, data)
+    name = _name()
+    register_coco_dataset(name, str(json_file), str(image_dir))
+    assert MetadataCatalog.get(name).thing_classes == ["thing", "thing"]

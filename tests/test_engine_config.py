@@ -140,6 +140,32 @@ def test_datasets_must_name_the_same_classes_in_the_same_order(tmp_path):
         validate_config(cfg, train=False)
 
 
+def test_other_class_names_are_a_warning_and_unused_builtin_splits_take_no_part(tmp_path, caplog):
+    with registered("cfg_xy", [], classes=("x", "y")) as xy, registered(
+        "cfg_ab3", [], classes=("a", "b")
+    ) as ab:
+        opts = ["MODEL.ATSS.NUM_CLASSES", "2", "DATASETS.TRAIN", f"('{ab}',)"]
+        with caplog.at_level(logging.WARNING, logger="atss_d2.engine.config"):
+            validate_config(tiny_cfg(tmp_path, *opts, "DATASETS.TEST", f"('{xy}',)"))
+        assert (
+            "datasets 'cfg_ab3' and 'cfg_xy' name their classes differently (a, b / x, y): "
+            "class i is taken to be the same class in both"
+        ) in caplog.text
+    # detectron2 registers coco_2017_train whether or not it was downloaded: with its files
+    # absent it says nothing about an 80-class model evaluated on another dataset.
+    classes = list(MetadataCatalog.get("coco_2017_train").thing_classes)
+    classes[3] = "motorbike"
+    with registered("cfg_coco_like", [], classes=classes) as name:
+        cfg = tiny_cfg(tmp_path, "MODEL.ATSS.NUM_CLASSES", "80", "DATASETS.TEST", f"('{name}',)")
+        cfg.DATASETS.TRAIN = ("coco_2017_train",)
+        if os.path.exists(MetadataCatalog.get("coco_2017_train").json_file):
+            pytest.skip("COCO is downloaded here")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="atss_d2.engine.config"):
+            validate_config(cfg, train=False)
+        assert "coco_2017_train" not in caplog.text
+
+
 def test_retinanet_keys_are_named_as_unused(tmp_path, caplog):
     cfg = tiny_cfg(
         tmp_path, "MODEL.RETINANET.SCORE_THRESH_TEST", "0.3", "MODEL.RETINANET.IOU_THRESHOLDS",

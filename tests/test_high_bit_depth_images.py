@@ -144,3 +144,26 @@ def test_unreadable_sample_image_is_one_line(tmp_path):
     )
     with pytest.raises(ValueError, match=r"^--sample-image: Cannot read image file .*bad\.png"):
         export.sample_image(export.setup_cfg(args), str(bad))
+
+
+def test_formats_without_tiles_still_read(tmp_path):
+    # Pillow leaves ICO's (and ICNS's) tile list None: read as any RGB image.
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    pixels[:, :8] = (200, 100, 50)
+    path = _save(tmp_path / "icon.ico", pixels, sizes=[(16, 16)])
+    rgb = read_image_any_mode(path, "RGB")
+    assert rgb.shape == (16, 16, 3)
+    assert rgb[0, 0].tolist() == [200, 100, 50] and rgb[0, 15].tolist() == [0, 0, 0]
+
+
+def test_8_bit_values_in_a_16_bit_file_are_warned_once(tmp_path, caplog):
+    import logging
+
+    from atss_d2.data import mapper
+
+    mapper._warn_8bit_values_in_16bit.cache_clear()
+    path = _save(tmp_path / "cv2_style.png", _frame([0, 128, 255]))
+    with caplog.at_level(logging.WARNING, logger="atss_d2.data.mapper"):
+        assert read_image_any_mode(path, "L")[0, :, 0].tolist() == [0, 0, 1]
+        read_image_any_mode(path, "L")
+    assert caplog.text.count("A 16-bit grayscale image holds values of at most 255") == 1

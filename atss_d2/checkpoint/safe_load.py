@@ -127,8 +127,8 @@ _PICKLE_OPCODES = frozenset(op.code.encode("latin1")[0] for op in pickletools.op
 _ZIP_MAGIC = b"PK\x03\x04"
 # How a pickle of a checkpoint starts: PROTO and its number (protocols 2 and above, torch's
 # legacy format), or, in protocols 0 and 1, the opening of a dict (MARK of "(dp0", EMPTY_DICT)
-# or the GLOBAL of an OrderedDict.
-_PICKLE_STARTS = (b"(", b"}", b"c")
+# or the GLOBAL of an OrderedDict, or the number torch's legacy format starts with.
+_PICKLE_STARTS = (b"(", b"}", b"c", b"L", b"I")  # L, I: torch's legacy magic number
 
 
 def _starts_like_a_pickle(head: bytes) -> bool:

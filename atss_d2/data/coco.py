@@ -48,11 +48,12 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
     """
     Read a COCO instances json and check what detectron2's loader and COCO evaluation rely
     on: top-level "images" and "categories" (both non-empty) and "annotations" (may be absent
-    for a test set without labels); the required keys of every entry; unique ids and category
-    names; annotations that name a declared category and an existing image, without a
-    non-zero "ignore" (which detectron2's loader refuses); image sizes of whole positive
-    numbers; boxes of four finite numbers, width and height >= 0, inside their image (up to
-    1 px over the edge, as rounding in annotation tools gives; detectron2 clips such boxes).
+    for a test set without labels); the required keys of every entry; unique ids, and unique
+    names among the categories that have annotations; annotations that name a declared
+    category and an existing image, without a non-zero "ignore" (which detectron2's loader
+    refuses); image sizes of whole positive numbers; boxes of four finite numbers, width and
+    height >= 0, inside their image (up to 1 px over the edge, as rounding in annotation tools
+    gives; detectron2 clips such boxes).
 
     Returns:
         the parsed json.
@@ -86,16 +87,6 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
                 raise ValueError(f"{json_file}: duplicate id {entry['id']!r} in '{section}'")
             seen.add(entry["id"])
 
-    named = {}
-    for category in data["categories"]:
-        if category["name"] in named:
-            raise ValueError(
-                f"{json_file}: categories {named[category['name']]!r} and {category['id']!r} "
-                f"are both named {category['name']!r}, which would be two classes of one name; "
-                "give their annotations one category id, or rename one"
-            )
-        named[category["name"]] = category["id"]
-
     sizes = {}
     for image in data["images"]:
         width, height = image["width"], image["height"]
@@ -108,6 +99,18 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
 
     category_ids = {c["id"] for c in data["categories"]}
     image_ids = set(sizes)
+    used = {a.get("category_id") for a in data["annotations"]}
+    named = {}
+    # Categories with boxes only: Roboflow exports add an unused parent category named after
+    # the project, which may be a class's name.
+    for category in (c for c in data["categories"] if c["id"] in used):
+        other = named.setdefault(category["name"], category["id"])
+        if other != category["id"]:
+            raise ValueError(
+                f"{json_file}: categories {other!r} and {category['id']!r} are both named "
+                f"{category['name']!r} and both have annotations, which would be two classes of "
+                "one name; give their annotations one category id, or rename one"
+            )
     for ann in data["annotations"]:
         if ann["category_id"] not in category_ids:
             raise ValueError(

@@ -26,6 +26,7 @@ skips an image (returns None), serves the next readable one. detectron2 0.6's ``
 retry crashes on Python >= 3.11 (``random.sample`` of a set).
 """
 
+import functools
 import logging
 import numbers
 from collections import Counter
@@ -101,12 +102,24 @@ def _stored_bits(image: Image.Image) -> Optional[int]:
     """
     if image.mode.startswith("I;16"):
         return 16
-    for tile in image.tile:
-        args = tile[3]
-        raw_mode = args if isinstance(args, str) else next(iter(args or ()), None)
+    if image.mode != "I":
+        return None
+    for tile in image.tile or ():  # None for some formats (ICO, ICNS)
+        args = tile[3] if len(tile) > 3 else None
+        raw_mode = args[0] if isinstance(args, (tuple, list)) and args else args
         if isinstance(raw_mode, str) and raw_mode.startswith("I;16") and not raw_mode.endswith("S"):
             return 16  # I;16S / I;16BS are signed: mode "I" as any 32-bit image
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_8bit_values_in_16bit() -> None:
+    # Once per process: such files (8-bit values saved as 16 bits, e.g. by cv2 from a uint16
+    # array) read nearly black, as their bit depth says.
+    logger.warning(
+        "A 16-bit grayscale image holds values of at most 255: it is read by its bit depth "
+        "(value / 257), so nearly black. If it holds 8-bit values, save it as an 8-bit image."
+    )
 
 
 def _to_8bit(image: Image.Image, stored_bits: Optional[int] = None) -> Image.Image:
@@ -123,6 +136,8 @@ def _to_8bit(image: Image.Image, stored_bits: Optional[int] = None) -> Image.Ima
     """
     arr = np.asarray(image, dtype=np.float64)
     sixteen = stored_bits == 16 or image.mode.startswith("I;16")
+    if sixteen and arr.max(initial=0) <= 255:
+        _warn_8bit_values_in_16bit()
     if sixteen or (image.mode == "I" and arr.max(initial=0) > 255):
         arr = arr / 257.0  # 16-bit range 0-65535 -> 0-255
     elif image.mode == "F" and arr.max(initial=0) <= 1.0:

@@ -181,12 +181,18 @@ _REGISTER_HINT = (
 )
 
 
+def _missing_files(name: str) -> List[str]:
+    """The local files and folders a dataset's metadata names that do not exist (those of
+    detectron2's built-in COCO, VOC and LVIS splits that were not downloaded)."""
+    meta = MetadataCatalog.get(name)
+    paths = [meta.get(k) for k in ("json_file", "image_root", "dirname")]
+    return [p for p in paths if isinstance(p, str) and "://" not in p and not os.path.exists(p)]
+
+
 def _check_dataset_files(name: str, key: str) -> None:
     """A registered dataset whose files are not on disk (detectron2's built-in COCO, VOC and
     LVIS splits, registered whether or not they were downloaded) stops here, naming the path."""
-    meta = MetadataCatalog.get(name)
-    paths = [meta.get(k) for k in ("json_file", "image_root", "dirname")]
-    missing = [p for p in paths if isinstance(p, str) and "://" not in p and not os.path.exists(p)]
+    missing = _missing_files(name)
     if missing:
         raise ConfigError(
             f"{key} names dataset {name!r}, whose files are not on disk: {missing[0]} does not "
@@ -249,9 +255,9 @@ def check_dataset_classes(
 ) -> List[str]:
     """:func:`check_num_classes` for a number of classes set by ``key`` (named in the error,
     with ``fix`` formatted with the datasets' count), e.g. a LazyConfig's ``model.num_classes``.
-    Datasets that list their classes must also list the same names in the same order: class id
-    ``i`` of one is class id ``i`` of the other (training on one, evaluating on another, or
-    training on both)."""
+    Datasets that list the same class names must list them in the same order: class id ``i``
+    of one is class id ``i`` of the other (training on one, evaluating on another, or training
+    on both); other names are a warning."""
     unchecked, first = [], None
     for name in dataset_names:
         classes = MetadataCatalog.get(name).get("thing_classes")
@@ -273,11 +279,19 @@ def check_dataset_classes(
         if first is None:
             first = (name, list(classes))
         elif list(classes) != first[1]:
-            raise ConfigError(
+            pair = (
                 f"datasets {first[0]!r} and {name!r} name their classes differently "
-                f"({_shown(first[1])} / {_shown(classes)}): class ids would mean other classes "
-                "in each. Register them with the same class list (VOC: the same --voc-dataset "
-                "folders or --classes for all; COCO: the same 'categories' in every json)"
+                f"({_shown(first[1])} / {_shown(classes)})"
+            )
+            if sorted(map(str, classes)) != sorted(map(str, first[1])):
+                # Other names (renamed classes?): class i is the i-th name of each.
+                logger.warning(f"{pair}: class i is taken to be the same class in both")
+                continue
+            raise ConfigError(
+                f"{pair}: the same classes in another order, so class ids would mean other "
+                "classes in each. Register them with the same class list (VOC: the same "
+                "--voc-dataset folders or --classes for all; COCO: the same 'categories' in "
+                "every json)"
             )
     return unchecked
 
@@ -363,13 +377,15 @@ def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
     if train:
         names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     else:
-        # Registered training datasets of the model's class count name its class ids; others
-        # (e.g. a config's built-in COCO split, left in place) say nothing about the model.
+        # Registered training datasets on disk, of the model's class count, name its class ids;
+        # others (e.g. a config's built-in COCO split, left in place and never downloaded) say
+        # nothing about the model.
         registered = DatasetCatalog.list()
         names = [
             n
             for n in cfg.DATASETS.TRAIN
             if n in registered
+            and not _missing_files(n)
             and len(MetadataCatalog.get(n).get("thing_classes", [])) == cfg.MODEL.ATSS.NUM_CLASSES
         ] + list(cfg.DATASETS.TEST)
     unchecked = check_num_classes(cfg, names)

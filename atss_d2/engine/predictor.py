@@ -95,7 +95,7 @@ def check_head_for_inference(
 
 
 def _shown(names, most: int = 8) -> str:
-    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+    return ", ".join(map(str, names[:most])) + (", ..." if len(names) > most else "")
 
 
 def check_class_names(weights: str, saved, names, source: str) -> None:
