@@ -116,15 +116,16 @@ def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
     The image files named by ``--input`` values, in the order given.
 
     - a directory: the files in it with an extension of :data:`IMAGE_EXTENSIONS` (any case),
-      sorted by name; other files and sub-directories are skipped;
+      sorted by name; other files and sub-directories are skipped, links to missing files are
+      failures;
     - a glob pattern (``*``, ``?``, ``[``, ``**``; quoted, so the shell leaves it alone): the
       files it matches, sorted (all of them: a matched file that is not an image fails when
       read);
     - anything else: kept as a file path (a missing or undecodable one fails when read).
 
     Returns:
-        (paths, failures): a failure message for each directory without images and each
-        pattern that matches no file.
+        (paths, failures): a failure message for each directory without images, each link to a
+        missing file in a directory, and each pattern that matches no file.
     """
     paths, failures = [], []
     for pattern in patterns:
@@ -132,7 +133,11 @@ def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[str]]:
         if os.path.isdir(path):
             names = sorted(n for n in os.listdir(path) if _has_extension(n, IMAGE_EXTENSIONS))
             found = [os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))]
-            if not found:
+            broken = [os.path.join(path, n) for n in names if os.path.islink(os.path.join(path, n))]
+            failures += [
+                f"input image {p} is a link to a missing file" for p in broken if p not in found
+            ]
+            if not found and not broken:
                 failures.append(
                     f"input directory {pattern} holds no image ({', '.join(IMAGE_EXTENSIONS)})"
                 )

@@ -138,6 +138,7 @@ def test_inputs_are_files_globs_and_directories(tmp_path):
     for name in ("b.png", "a.JPG", "c.jpeg"):
         _image(photos / name)
     (photos / "notes.txt").write_text("not an image")
+    (photos / "d.png").symlink_to(tmp_path / "moved.png")  # a link to a missing file
     _image(photos / "sub" / "deeper.png")  # not listed: directories are not recursed
     _image(tmp_path / "more" / "x1.png")
     _image(tmp_path / "more" / "x0.png")
@@ -159,10 +160,11 @@ def test_inputs_are_files_globs_and_directories(tmp_path):
         str(tmp_path / "more" / "x1.png"),
         str(missing),  # kept: reported when read
     ]
-    assert len(failures) == 3
-    assert str(tmp_path / "empty") in failures[0] and "no image" in failures[0]
-    assert str(tmp_path / "text_only") in failures[1]
-    assert str(tmp_path / "none*.png") in failures[2] and "matches no file" in failures[2]
+    assert len(failures) == 4
+    assert failures[0] == f"input image {photos / 'd.png'} is a link to a missing file"
+    assert str(tmp_path / "empty") in failures[1] and "no image" in failures[1]
+    assert str(tmp_path / "text_only") in failures[2]
+    assert str(tmp_path / "none*.png") in failures[3] and "matches no file" in failures[3]
 
 
 def test_output_is_a_directory_or_the_file_of_one_input(tmp_path):
