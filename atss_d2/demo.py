@@ -59,6 +59,7 @@ __all__ = [
     "instances_to_coco_results",
     "load_image",
     "model_score_threshold",
+    "names_source",
     "output_paths",
     "run_demo",
     "run_on_image_files",
@@ -251,16 +252,20 @@ def class_metadata(
             name=metadata.name, thing_classes=[f"class {i}" for i in range(num_classes)]
         )
     if len(names) != num_classes:
-        source = (
-            metadata.name
-            if metadata.name in ("--classes", "MODEL.WEIGHTS")
-            else f"dataset {metadata.name!r}"
-        )
+        source = names_source(metadata)
         raise ClassNamesError(
             f"{source} has {len(names)} class names {names[:8]}, but the model has "
             f"MODEL.ATSS.NUM_CLASSES {num_classes}"
         )
     return metadata
+
+
+def names_source(metadata: Metadata) -> str:
+    """Where the class names of :func:`class_metadata`'s ``metadata`` come from, for messages:
+    "--classes", "MODEL.WEIGHTS" (the checkpoint) or "dataset 'NAME'"."""
+    if metadata.name in ("--classes", "MODEL.WEIGHTS"):
+        return metadata.name
+    return f"dataset {metadata.name!r}"
 
 
 def describe(instances: Instances, metadata: Metadata) -> str:

@@ -33,6 +33,7 @@ from .demo import (
     dataset_image_ids,
     expand_inputs,
     model_score_threshold,
+    names_source,
     output_paths,
     run_demo,
     run_on_image_files,
@@ -139,8 +140,7 @@ def main(argv=None) -> List[str]:
     # match (in order) those given.
     metadata = class_metadata(cfg, registered, args.classes, predictor.checkpoint_classes)
     if metadata.name != "MODEL.WEIGHTS":
-        source = "--classes" if metadata.name == "--classes" else f"dataset {metadata.name!r}"
-        names = metadata.get("thing_classes")
+        names, source = metadata.get("thing_classes"), names_source(metadata)
         check_class_names(cfg.MODEL.WEIGHTS, predictor.checkpoint_classes, names, source)
     demo = VisualizationDemo(predictor, metadata, args.confidence_threshold)
     if args.input:

@@ -474,11 +474,17 @@ def _mmdet_meta_notes(meta: Mapping) -> List[str]:
     return notes
 
 
+def without_module_prefix(names) -> List[str]:
+    """``names`` without DistributedDataParallel's "module." when every (non-empty) one has it,
+    as fvcore's checkpointer removes it."""
+    names = list(names)
+    if names and all(not n or n.startswith("module.") for n in names):
+        return [n[len("module.") :] for n in names]
+    return names
+
+
 def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    # DistributedDataParallel-wrapped models save every key under "module.".
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module.") :]: v for k, v in state.items()}
-    return dict(state)
+    return dict(zip(without_module_prefix(state), state.values()))
 
 
 def convert_state_dict(

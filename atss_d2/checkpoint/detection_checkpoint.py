@@ -11,7 +11,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
-from .convert import foreign_layout
+from .convert import foreign_layout, without_module_prefix
 from .safe_load import CheckpointReadError, load_checkpoint_file
 
 __all__ = [
@@ -144,14 +144,6 @@ def _part_of(name: str) -> str:
     return name.split(".")[0]
 
 
-def _without_module_prefix(names) -> List[str]:
-    # fvcore removes DistributedDataParallel's "module." when every name has it.
-    names = list(names)
-    if names and all(not n or n.startswith("module.") for n in names):
-        return [n[len("module.") :] for n in names]
-    return names
-
-
 def _converted_name(filename: str, source: str) -> str:
     stem = os.path.splitext(os.path.basename(filename))[0]
     if source == "torchvision":
@@ -272,7 +264,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         inner = data.get("state_dict") if "model" not in data else None
         if isinstance(inner, Mapping):  # mmdetection's {"state_dict": ..., "meta": ...}
             names = list(inner)
-        known = set(_without_module_prefix(names)) & set(self.model.state_dict())
+        known = set(without_module_prefix(names)) & set(self.model.state_dict())
         found = foreign_layout(names)
         if found is not None and len(found[2]) <= len(known):
             found = None  # mostly this model's names: a few extra tensors
@@ -320,7 +312,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         weights = checkpoint["model"]
         given = dict(
             zip(
-                _without_module_prefix(weights),
+                without_module_prefix(weights),
                 (tuple(v.shape) for v in weights.values()),
             )
         )

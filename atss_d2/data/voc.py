@@ -50,6 +50,7 @@ from detectron2.structures import BoxMode
 
 from .image_size import (
     AMBIGUOUS_ORIENTATIONS,
+    ImageHeader,
     ambiguous_orientation_warning,
     size_problem,
     try_read_image_header,
@@ -204,9 +205,9 @@ def _parse_object(xml_file: str, index: int, obj: ET.Element, width: int, height
     return _Object(name, (xmin, ymin, xmax, ymax), flag.lower() in ("1", "true"))
 
 
-def _read_xml(xml_file: str, images_dir: str) -> Tuple[Dict, List[_Object], int]:
-    """The image record (file_name, height, width), the objects and the image's EXIF
-    orientation of one XML file; ``<size>`` is checked against the image's header."""
+def _read_xml(xml_file: str, images_dir: str) -> Tuple[Dict, List[_Object], Optional[ImageHeader]]:
+    """The image record (file_name, height, width), the objects and the image's header (None
+    when unreadable) of one XML file; ``<size>`` is checked against the header."""
     root = _parse_xml(xml_file)
     filename = _text(root, "filename")
     if filename is None:
@@ -228,8 +229,7 @@ def _read_xml(xml_file: str, images_dir: str) -> Tuple[Dict, List[_Object], int]
         _parse_object(xml_file, i, obj, width, height)
         for i, obj in enumerate(root.findall("object"), start=1)
     ]
-    orientation = header.orientation if header is not None else None  # None: unreadable
-    return {"file_name": image_file, "height": height, "width": width}, objects, orientation
+    return {"file_name": image_file, "height": height, "width": width}, objects, header
 
 
 def _xml_files(annotations_dir: str) -> List[str]:
@@ -302,12 +302,12 @@ def _load(
     parsed = []
     ambiguous, unreadable = [], []
     for xml_file in xml_files:
-        record, objects, orientation = _read_xml(xml_file, images_dir)
+        record, objects, header = _read_xml(xml_file, images_dir)
         parsed.append((xml_file, record, objects))
-        if orientation in AMBIGUOUS_ORIENTATIONS:
-            ambiguous.append(record["file_name"])
-        elif orientation is None:
+        if header is None:
             unreadable.append(record["file_name"])
+        elif header.orientation in AMBIGUOUS_ORIENTATIONS:
+            ambiguous.append(record["file_name"])
     if ambiguous:
         logger.warning(ambiguous_orientation_warning(annotations_dir, ambiguous))
     xml_of = {}

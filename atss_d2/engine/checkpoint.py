@@ -16,10 +16,11 @@ loads safely) by listing it first: ``class C(AtomicSaveMixin, SomeCheckpointer)`
 import glob
 import math
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
 
 from ..checkpoint import SafeDetectionCheckpointer
 
@@ -87,9 +88,18 @@ class AtomicSaveMixin:
             raise
         _fsync_dir(os.path.dirname(path) or ".")
 
-    # Saved in every checkpoint besides the model and checkpointables (the trainer puts the
-    # class names of its training set there as "thing_classes").
+    # Saved in every checkpoint besides the model and checkpointables (see keep_class_names).
     extra_data: Dict[str, Any] = {}
+
+    def keep_class_names(self, dataset_names: Sequence[str]) -> None:
+        """Save the class names of the first of ``dataset_names`` (the training sets) in every
+        checkpoint, as ``"thing_classes"``: inference then names the classes, and refuses data
+        that lists them in another order (:func:`atss_d2.engine.predictor.check_class_names`)."""
+        classes = (
+            MetadataCatalog.get(dataset_names[0]).get("thing_classes") if dataset_names else None
+        )
+        if classes:
+            self.extra_data = {"thing_classes": list(classes)}
 
     def save(self, name: str, **kwargs: Any) -> None:
         """

@@ -213,15 +213,14 @@ def check_dataset_images(
     e.g. ``DATALOADER.SKIP_UNREADABLE_IMAGES``) and its value (``skip``): set, the missing
     files are skipped and not an error. Evaluation passes neither: it needs every image.
     """
-    fix = (
-        f"or set {skip_key} True to train without them"
-        if skip_key
-        else ("evaluation needs every image")
-    )
+    if skip:
+        return
+    if skip_key:
+        fix = f"or set {skip_key} True to train without them"
+    else:
+        fix = "evaluation needs every image"
     for name in names:
         meta = MetadataCatalog.get(name)
-        if skip:
-            continue
         message = meta.get("missing_images")
         if message:
             raise ConfigError(

@@ -30,7 +30,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.data import MetadataCatalog
 from detectron2.engine import (
     SimpleTrainer,
     create_ddp_model,
@@ -55,7 +54,7 @@ from .config import (
     check_datasets_registered,
     check_device,
 )
-from .predictor import check_class_names, check_head_for_inference
+from .predictor import check_weights_for_inference
 from .stop import StopOnSignal
 
 __all__ = [
@@ -314,12 +313,8 @@ def evaluate(cfg: DictConfig, resume: bool = False) -> Dict[str, Any]:
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     report = checkpointer.last_load_report
     weights = report.path if report else cfg.train.init_checkpoint
-    check_head_for_inference(weights, report, key="model.num_classes")
-    if "test" in cfg.dataloader:
-        saved = report.thing_classes if report else None
-        for name in _dataset_names(cfg.dataloader.test):
-            classes = MetadataCatalog.get(name).get("thing_classes")
-            check_class_names(weights, saved, classes, f"dataset {name!r}")
+    test_names = _dataset_names(cfg.dataloader.test) if "test" in cfg.dataloader else []
+    check_weights_for_inference(weights, report, test_names, key="model.num_classes")
     return do_test(cfg, model)
 
 
@@ -354,10 +349,7 @@ def build_trainer(cfg: DictConfig, model: Optional[nn.Module] = None):
     trainer.checkpointer = SafeAtomicCheckpointer(
         model, cfg.train.output_dir, optimizer=optimizer, trainer=trainer
     )
-    names = _dataset_names(cfg.dataloader.train)
-    classes = MetadataCatalog.get(names[0]).get("thing_classes") if names else None
-    if classes:  # in every checkpoint, as ATSSTrainer saves them
-        trainer.checkpointer.extra_data = {"thing_classes": list(classes)}
+    trainer.checkpointer.keep_class_names(_dataset_names(cfg.dataloader.train))
     trainer.last_eval_results = None
 
     def test_and_keep():

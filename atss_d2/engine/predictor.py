@@ -3,19 +3,21 @@ runs is untrained."""
 
 import contextlib
 import logging
-from typing import Optional
+from typing import Optional, Sequence
 
+from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 
 from ..checkpoint import LoadReport, SafeDetectionCheckpointer
 from ..checkpoint.detection_checkpoint import IncompatibleWeightsError
-from .config import check_device
+from .config import _shown, check_device
 
 __all__ = [
     "SafePredictor",
     "UNTRAINED_HEAD",
     "check_class_names",
     "check_head_for_inference",
+    "check_weights_for_inference",
     "warn_if_head_untrained",
 ]
 
@@ -94,10 +96,6 @@ def check_head_for_inference(
     )
 
 
-def _shown(names, most: int = 8) -> str:
-    return ", ".join(map(str, names[:most])) + (", ..." if len(names) > most else "")
-
-
 def check_class_names(weights: str, saved, names, source: str) -> None:
     """
     Compare the class names ``saved`` with the checkpoint ``weights`` (by atss_d2's trainer:
@@ -121,6 +119,25 @@ def check_class_names(weights: str, saved, names, source: str) -> None:
         f"{weights} was trained on the classes ({_shown(saved)}); {source} names them "
         f"({_shown(names)}): class i is labelled with the i-th of these"
     )
+
+
+def check_weights_for_inference(
+    weights: str,
+    report: Optional[LoadReport],
+    dataset_names: Sequence[str],
+    key: str = "MODEL.ATSS.NUM_CLASSES",
+) -> bool:
+    """
+    What ``--eval-only`` checks of loaded weights before evaluating on ``dataset_names``:
+    :func:`check_head_for_inference`, then :func:`check_class_names` against each dataset's
+    class names. Returns whether it warned of an untrained head.
+    """
+    untrained = check_head_for_inference(weights, report, key=key)
+    saved = report.thing_classes if report is not None else None
+    for name in dataset_names:
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        check_class_names(weights, saved, classes, f"dataset {name!r}")
+    return untrained
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from ..solver import build_optimizer
 from .amp import amp_trainer_class
 from .checkpoint import SafeAtomicCheckpointer
 from .config import ConfigError, check_num_classes, validate_config
-from .predictor import check_class_names, check_head_for_inference
+from .predictor import check_weights_for_inference
 from .stop import StopOnSignal
 
 __all__ = ["ATSSTrainer", "frozen_random_layers"]
@@ -103,9 +103,7 @@ class ATSSTrainer(DefaultTrainer):
             super().__init__(cfg)
         # The class names go into every checkpoint: inference can then name the classes, and
         # refuses datasets that name them otherwise (the loader has set them by now).
-        classes = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("thing_classes")
-        if classes:
-            self.checkpointer.extra_data = {"thing_classes": list(classes)}
+        self.checkpointer.keep_class_names(cfg.DATASETS.TRAIN)
 
     def _init_cpu(self, cfg):
         """``DefaultTrainer.__init__`` on the CPU for several processes
@@ -282,11 +280,7 @@ class ATSSTrainer(DefaultTrainer):
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
         loaded = checkpointer.last_load_report
         weights = loaded.path if loaded else cfg.MODEL.WEIGHTS
-        check_head_for_inference(weights, loaded)
-        saved = loaded.thing_classes if loaded else None
-        for name in cfg.DATASETS.TEST:
-            classes = MetadataCatalog.get(name).get("thing_classes")
-            check_class_names(weights, saved, classes, f"dataset {name!r}")
+        check_weights_for_inference(weights, loaded, cfg.DATASETS.TEST)
         res = cls._by_dataset(cfg, cls.test(cfg, model))
         if cfg.TEST.AUG.ENABLED:
             res.update(cls.test_with_TTA(cfg, model))
