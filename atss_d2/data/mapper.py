@@ -135,12 +135,13 @@ def _to_8bit(image: Image.Image, stored_bits: Optional[int] = None) -> Image.Ima
       kept; then clipped to 0-255.
     """
     arr = np.asarray(image, dtype=np.float64)
+    top = arr.max(initial=0)
     sixteen = stored_bits == 16 or image.mode.startswith("I;16")
-    if sixteen and arr.max(initial=0) <= 255:
+    if sixteen and top <= 255:
         _warn_8bit_values_in_16bit()
-    if sixteen or (image.mode == "I" and arr.max(initial=0) > 255):
+    if sixteen or (image.mode == "I" and top > 255):
         arr = arr / 257.0  # 16-bit range 0-65535 -> 0-255
-    elif image.mode == "F" and arr.max(initial=0) <= 1.0:
+    elif image.mode == "F" and top <= 1.0:
         arr = arr * 255.0  # float image in [0, 1]
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
 
