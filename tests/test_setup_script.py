@@ -63,3 +63,46 @@ def test_torch_failure_with_room_to_spare_names_the_index(tmp_path):
     assert "could not install 'torch==1.0 torchvision==0.1'" in proc.stderr
     assert "set TORCH_REQUIREMENT to versions your package index has" in proc.stderr
     assert "GB free" not in proc.stderr
+
+
+# The lines of pb1-detectron2 0.6's setup.py that the pure-Python fallback rewrites.
+SDIST_SETUP_PY = """from setuptools import find_packages, setup
+setup(
+    name="pb1-detectron2",
+    packages=find_packages(exclude=("configs", "tests*")) + list(PROJECTS.keys()),
+    install_requires=[
+        "Pillow>=7.1",
+        "yacs>=0.1.8",
+    ],
+    ext_modules=get_extensions(),
+    cmdclass={"build_ext": torch.utils.cpp_extension.BuildExtension},
+)
+"""
+
+
+def test_fallback_build_installs_no_top_level_tools_package(tmp_path):
+    import importlib.util
+
+    from setuptools import find_packages
+
+    spec = importlib.util.spec_from_file_location(
+        "install_detectron2", REPO / "tools" / "install_detectron2.py"
+    )
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    (tmp_path / "setup.py").write_text(SDIST_SETUP_PY)
+    install.patch_setup_py(str(tmp_path))
+    text = (tmp_path / "setup.py").read_text()
+    assert 'name="detectron2"' in text and "ext_modules=[]," in text
+    # cmdclass gone; Pillow pinned below 10 (detectron2 0.6 uses Image.LINEAR).
+    assert "cmdclass" not in text and "'Pillow>=7.1,<10'" in text and '"Pillow>=7.1"' not in text
+
+    # The source tree's layout: detectron2 and its scripts' folder, both regular packages.
+    for package in ("detectron2", "detectron2/layers", "tools", "configs", "tests"):
+        (tmp_path / "tree" / package).mkdir(parents=True)
+        (tmp_path / "tree" / package / "__init__.py").write_text("")
+    exclude = eval(text.split("find_packages(exclude=")[1].split(")")[0] + ")")
+    assert sorted(find_packages(str(tmp_path / "tree"), exclude=exclude)) == [
+        "detectron2",
+        "detectron2.layers",
+    ]

@@ -131,6 +131,10 @@ def patch_setup_py(src_dir):
         (r'name="pb1-detectron2"', 'name="detectron2"'),
         (r"ext_modules=get_extensions\(\),", "ext_modules=[],"),
         (r'cmdclass=\{"build_ext": torch\.utils\.cpp_extension\.BuildExtension\},', ""),
+        # The sdist would also install its example scripts as a top-level ``tools`` package,
+        # which shadows any ``tools/`` folder of the user's own (a regular package wins over a
+        # namespace one wherever it sits on sys.path).
+        (r'exclude=\("configs", "tests\*"\)', 'exclude=("configs", "tests*", "tools", "tools.*")'),
     ]
     for pattern, new in replacements:
         text, n = re.subn(pattern, new, text)
