@@ -14,7 +14,10 @@ The input is read with torch.load(weights_only=True) (or, for .pkl, a numpy-only
 file that would need arbitrary unpickling is refused and nothing in it runs. The result is checked
 against a model built from the target config (chosen from the checkpoint's architecture unless
 --config-file is given): every source tensor must be mapped or knowingly ignored, every model
-tensor filled, shapes equal. Nothing is written otherwise.
+tensor filled, shapes equal. Nothing is written otherwise. The output records the input the
+weights were trained on (channel order, pixel mean and std, ResNet stride placement) and, for
+mmdetection, the class names of its meta; when the target config reads input otherwise, the
+summary warns and the printed train_net.py command carries the overrides that fix it.
 """
 
 import argparse
@@ -30,6 +33,25 @@ AUTHORS = {
     "atss": "ATSS authors, maskrcnn-benchmark (converted by atss_d2)",
     "torchvision": "torchvision (converted by atss_d2)",
 }
+
+
+DESCRIPTIONS = {
+    "mmdet": "mmdetection ATSS",
+    "atss": "ATSS authors' (maskrcnn-benchmark)",
+    "torchvision": "torchvision ResNet",
+}
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _convention_of(cfg, convention) -> dict:
+    """The config's values of the keys of ``convention``."""
+    out = {}
+    for key in convention:
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        out[key] = node
+    return out
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -61,7 +83,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def build_target(source: str, converted, config_file: str, opts):
-    """The config used and a CPU model built from it."""
+    """The config file and overrides used, a CPU model built from them and the config."""
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -79,7 +101,7 @@ def build_target(source: str, converted, config_file: str, opts):
     cfg.merge_from_list(extra + list(opts))
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
-    return config_file, extra + list(opts), build_model(cfg)
+    return config_file, extra + list(opts), build_model(cfg), cfg
 
 
 def main(argv=None) -> int:
@@ -89,9 +111,14 @@ def main(argv=None) -> int:
         ConversionError,
         UnsafeCheckpointError,
         compare_cell_anchors,
+        config_convention_overrides,
         convert_state_dict,
+        describe_convention,
         extract_state_dict,
+        infer_model_arch,
+        input_convention,
         load_checkpoint_file,
+        mmdet_class_names,
         save_detectron2_checkpoint,
         verify_against,
     )
@@ -108,12 +135,33 @@ def main(argv=None) -> int:
     if mismatch:
         print(f"error: {args.input}: {mismatch}; nothing written", file=sys.stderr)
         return 2
+    if not report.mapped:
+        names = ", ".join(list(state)[:3]) or "none"
+        print(
+            f"error: {args.input}: none of its {len(state)} tensors has a name of the "
+            f"{args.source} layout (its names: {names}, ...): it is no "
+            f"{DESCRIPTIONS[args.source]} checkpoint; nothing written",
+            file=sys.stderr,
+        )
+        return 2
     report.notes += notes
+    halves = sorted({str(v.dtype) for v in state.values() if v.dtype in HALF_DTYPES})
+    if halves:
+        report.notes.append(
+            f"{' and '.join(halves).replace('torch.', '')} tensors in the checkpoint: written "
+            "as float32 (exactly)"
+        )
+    classes = mmdet_class_names(checkpoint) if args.source == "mmdet" else None
+    try:
+        arch = infer_model_arch(converted)
+    except ConversionError:
+        arch = None  # reported below when a model is built; with --no-verify, not needed
+    convention = input_convention(args.source, arch)
 
     config_file, opts = args.config_file, args.opts
     if not args.no_verify:
         try:
-            config_file, opts, model = build_target(args.source, converted, config_file, opts)
+            config_file, opts, model, cfg = build_target(args.source, converted, config_file, opts)
         except ConversionError as e:
             # No model to check against: the summary's verdict would be premature.
             print(f"error: {e}", file=sys.stderr)
@@ -125,6 +173,14 @@ def main(argv=None) -> int:
         verify_against(converted, report, target)
         overrides = " ".join(shlex.quote(o) for o in opts)
         report.notes.append(f"checked against {os.path.relpath(config_file)} {overrides}")
+        fix = config_convention_overrides(cfg, convention)
+        if fix:
+            report.warnings.append(
+                f"the {args.source} weights were trained on {describe_convention(convention)}; "
+                f"the config reads {describe_convention(_convention_of(cfg, convention))}, so "
+                f"the features would be wrong: the command below adds {shlex.join(fix)}"
+            )
+            opts = list(opts) + fix
         anchor_gen = getattr(model, "anchor_generator", None)
         if args.source == "atss" and anchor_gen is not None:
             anchor_notes, anchor_warnings = compare_cell_anchors(state, anchor_gen)
@@ -135,7 +191,9 @@ def main(argv=None) -> int:
     if not report.ok:
         print(f"error: {args.input} was not converted; nothing written", file=sys.stderr)
         return 1
-    save_detectron2_checkpoint(args.output, converted, AUTHORS[args.source])
+    save_detectron2_checkpoint(
+        args.output, converted, AUTHORS[args.source], convention, thing_classes=classes
+    )
     print(f"wrote {args.output}")
     if not args.no_verify:
         usage = "MODEL.WEIGHTS" if args.source == "torchvision" else "--eval-only MODEL.WEIGHTS"

@@ -55,11 +55,16 @@ __all__ = [
     "ConversionReport",
     "ModelArch",
     "compare_cell_anchors",
+    "config_convention_overrides",
+    "convention_overrides",
     "convert_state_dict",
+    "describe_convention",
     "default_config",
     "extract_state_dict",
     "foreign_layout",
     "infer_model_arch",
+    "input_convention",
+    "mmdet_class_names",
     "save_detectron2_checkpoint",
     "source_mismatch",
     "verify_against",
@@ -111,7 +116,8 @@ def _ignore(pattern: str, reason: str) -> _Rule:
 
 
 def _frozen_bn_var(t: torch.Tensor) -> torch.Tensor:
-    return t - FROZEN_BN_EPS
+    # In float32 at least: in float16, var - 1e-5 rounds back to var for var >= 2^-6.
+    return t.to(torch.promote_types(t.dtype, torch.float32)) - FROZEN_BN_EPS
 
 
 def _to_scalar(t: torch.Tensor) -> torch.Tensor:
@@ -581,6 +587,8 @@ class ModelArch:
         """Config-name fragment: ``R_50``, ``dcnv2_X_101_64x4d``, ..."""
         if self.num_groups == 1:
             body = f"R_{self.depth}"
+            if self.width_per_group != 64:  # wide ResNet (torchvision's wide_resnet50_2: 128)
+                body += f"_w{self.width_per_group}"
         else:
             body = f"X_{self.depth}_{self.num_groups}x{self.width_per_group}d"
         return ("dcnv2_" if any(self.deform_on_per_stage) else "") + body
@@ -674,6 +682,113 @@ def _class_opts(arch: ModelArch) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------------
+# Input the weights were trained on
+# ------------------------------------------------------------------------------------------
+# torchvision's ImageNet models take RGB in [0, 1] normalised with mean (0.485, 0.456, 0.406)
+# and std (0.229, 0.224, 0.225), i.e. these values on 0-255 pixels; mmdetection's pytorch-style
+# ResNets keep them (``data_preprocessor`` of configs/atss/atss_r50_fpn_1x_coco.py, to_rgb).
+_IMAGENET_RGB = {
+    "INPUT.FORMAT": "RGB",
+    "MODEL.PIXEL_MEAN": [123.675, 116.28, 103.53],
+    "MODEL.PIXEL_STD": [58.395, 57.12, 57.375],
+}
+# The authors' configs keep maskrcnn-benchmark's defaults (INPUT.TO_BGR255, PIXEL_MEAN
+# [102.9801, 115.9465, 122.7717], PIXEL_STD [1, 1, 1]): caffe-style BGR on 0-255 pixels.
+_CAFFE_BGR = {
+    "INPUT.FORMAT": "BGR",
+    "MODEL.PIXEL_MEAN": [102.9801, 115.9465, 122.7717],
+    "MODEL.PIXEL_STD": [1.0, 1.0, 1.0],
+}
+
+
+def input_convention(source: str, arch: Optional[ModelArch] = None) -> Dict[str, object]:
+    """
+    The input a ``source`` model was trained on and where its ResNet strides, as the detectron2
+    config values that reproduce them: ``{"INPUT.FORMAT": ..., "MODEL.PIXEL_MEAN": [...],
+    "MODEL.PIXEL_STD": [...], "MODEL.RESNETS.STRIDE_IN_1X1": ...}``. The stride key is left out
+    for basic-block ResNets (18, 34), which have no 1x1 conv to stride in, and when ``arch`` is
+    not known for the authors' models (MSRA ResNets stride in the 1x1, FAIR ResNeXts in the 3x3).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    convention: Dict[str, object] = dict(_CAFFE_BGR if source == "atss" else _IMAGENET_RGB)
+    if arch is not None and arch.depth in _BASIC_DEPTH_FROM_RES4.values():
+        return convention
+    if source != "atss":
+        convention["MODEL.RESNETS.STRIDE_IN_1X1"] = False
+    elif arch is not None:
+        convention["MODEL.RESNETS.STRIDE_IN_1X1"] = arch.num_groups == 1
+    return convention
+
+
+def _config_value(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool) or isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return abs(float(a) - float(b)) <= 1e-3 * max(1.0, abs(float(b)))
+
+
+def convention_overrides(convention: Mapping[str, object], get) -> List[str]:
+    """
+    ``KEY VALUE`` overrides that make a config read input as ``convention`` says (see
+    :func:`input_convention`); empty when it already does. ``get(key)`` gives the config's
+    value of a key (None: not known, not compared).
+    """
+    opts: List[str] = []
+    for key, want in convention.items():
+        have = get(key)
+        if have is None or _same_value(have, want):
+            continue
+        opts += [key, str(list(want)) if isinstance(want, (list, tuple)) else str(want)]
+    return opts
+
+
+def config_convention_overrides(cfg, convention: Mapping[str, object]) -> List[str]:
+    """:func:`convention_overrides` for a detectron2 config."""
+    return convention_overrides(convention, lambda key: _config_value(cfg, key))
+
+
+def describe_convention(convention: Mapping[str, object]) -> str:
+    """E.g. "RGB input, mean [123.675, 116.28, 103.53], std [58.395, 57.12, 57.375], stride in
+    the 3x3 conv"."""
+    parts = []
+    if convention.get("INPUT.FORMAT") is not None:
+        parts.append(f"{convention['INPUT.FORMAT']} input")
+    for key, name in (("MODEL.PIXEL_MEAN", "mean"), ("MODEL.PIXEL_STD", "std")):
+        if convention.get(key) is not None:  # float32 buffers shown as the config wrote them
+            parts.append(f"{name} {[round(float(v), 4) for v in convention[key]]}")
+    if convention.get("MODEL.RESNETS.STRIDE_IN_1X1") is not None:
+        where = "1x1" if convention["MODEL.RESNETS.STRIDE_IN_1X1"] else "3x3"
+        parts.append(f"stride in the {where} conv")
+    return ", ".join(parts)
+
+
+def mmdet_class_names(checkpoint) -> Optional[List[str]]:
+    """The class names in an mmdetection checkpoint's ``meta`` (2.x ``CLASSES``, 3.x
+    ``dataset_meta["classes"]``), in the order of its classification channels; else None."""
+    meta = checkpoint.get("meta") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return None
+    dataset_meta = meta.get("dataset_meta")
+    classes = meta.get("CLASSES")
+    if classes is None and isinstance(dataset_meta, Mapping):
+        classes = dataset_meta.get("classes")
+    if isinstance(classes, str):
+        classes = [classes]
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        return None
+    return list(classes)
+
+
+# ------------------------------------------------------------------------------------------
 # Anchors and output
 # ------------------------------------------------------------------------------------------
 def compare_cell_anchors(
@@ -715,20 +830,41 @@ def compare_cell_anchors(
     ]
 
 
-def save_detectron2_checkpoint(path: str, state: Mapping[str, torch.Tensor], author: str) -> None:
+def save_detectron2_checkpoint(
+    path: str,
+    state: Mapping[str, torch.Tensor],
+    author: str,
+    input_convention: Optional[Mapping[str, object]] = None,
+    thing_classes: Optional[Sequence[str]] = None,
+) -> None:
     """
     Write ``{"model": state, "__author__": author, "matching_heuristics": False}`` as detectron2's
     ``DetectionCheckpointer`` (and :class:`SafeDetectionCheckpointer`) read it: numpy arrays in a
     pickle for ``.pkl`` (detectron2's model-zoo format), ``torch.save`` otherwise. Names are
-    exact, so no name-matching heuristics are applied when loading.
+    exact, so no name-matching heuristics are applied when loading. Floating-point tensors are
+    stored as float32 (the model's dtype; an fp16 checkpoint is widened exactly).
+
+    ``input_convention`` (:func:`input_convention`) and ``thing_classes`` (the class names of
+    the classification channels) are stored beside the weights when given:
+    :class:`SafeDetectionCheckpointer` warns when the model reads its input otherwise and
+    reports the class names; other loaders ignore the extra entries.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    model = {
+        k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in state.items()
+    }
+    data = {"model": model, "__author__": author, "matching_heuristics": False}
+    if input_convention is not None:
+        data["input_convention"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in input_convention.items()
+        }
+    if thing_classes is not None:
+        data["thing_classes"] = list(thing_classes)
     if path.endswith(".pkl"):
-        model = {k: v.detach().cpu().numpy() for k, v in state.items()}
-        data = {"model": model, "__author__": author, "matching_heuristics": False}
+        data["model"] = {k: v.numpy() for k, v in model.items()}
         with open(path, "wb") as f:
             pickle.dump(data, f, protocol=4)
     else:
-        model = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        torch.save({"model": model, "__author__": author, "matching_heuristics": False}, path)
+        torch.save(data, path)

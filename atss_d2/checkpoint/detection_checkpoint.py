@@ -11,7 +11,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
-from .convert import foreign_layout, without_module_prefix
+from .convert import (
+    convention_overrides,
+    describe_convention,
+    foreign_layout,
+    input_convention,
+    without_module_prefix,
+)
 from .safe_load import CheckpointReadError, load_checkpoint_file
 
 __all__ = [
@@ -63,7 +69,16 @@ class LoadReport:
         unmatched: names of tensors given to the model that it has none of (after the
             ``module.`` prefix of DistributedDataParallel is removed and name matching).
         thing_classes: the class names the checkpoint was trained on, when it holds them
-            (atss_d2's trainer saves those of its first training dataset); else None.
+            (atss_d2's trainer saves those of its first training dataset,
+            ``tools/convert_checkpoint.py`` those of an mmdetection meta); else None.
+        input_convention: the input the weights were trained on (``{"INPUT.FORMAT": ...,
+            "MODEL.PIXEL_MEAN": ..., "MODEL.PIXEL_STD": ..., "MODEL.RESNETS.STRIDE_IN_1X1":
+            ...}``, some keys only), when the file says: recorded by
+            ``tools/convert_checkpoint.py``, implied by detectron2's torchvision ``.pkl``
+            (``__author__`` "torchvision": RGB, ImageNet mean and std, stride in the 3x3 conv)
+            and Detectron / Caffe2 files (BGR); else None.
+        input_overrides: ``KEY VALUE`` config overrides that make the model read its input as
+            ``input_convention`` says; empty when it already does.
 
     A model tensor counts as loaded when the state dict given to the model has it, under its
     name and with its shape.
@@ -77,6 +92,8 @@ class LoadReport:
     default_norm_stats: int = 0
     unmatched: List[str] = field(default_factory=list)
     thing_classes: Optional[List[str]] = None
+    input_convention: Optional[Dict[str, object]] = None
+    input_overrides: List[str] = field(default_factory=list)
 
     def _cls_and_anchors(self) -> Optional[Tuple[int, int, int]]:
         """(outputs of the file's classification layer, its anchors per location, the model's
@@ -323,6 +340,12 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         names = checkpoint.get("thing_classes")
         if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
             self.last_load_report.thing_classes = list(names)
+        convention = _file_convention(checkpoint)
+        if convention:
+            self.last_load_report.input_convention = convention
+            self.last_load_report.input_overrides = convention_overrides(
+                convention, lambda key: _model_setting(self.model, key)
+            )
         self._log_report(self.last_load_report)
         return incompatible
 
@@ -375,6 +398,17 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
                 f"Not in {report.path}, starting from scratch: {', '.join(scratch)}"
                 + (" (normal for an ImageNet backbone file)" if backbone_only else "")
             )
+        if report.input_overrides:
+            model_has = {
+                key: _model_setting(self.model, key) for key in report.input_convention or {}
+            }
+            logger.warning(
+                f"{report.path} holds weights trained on "
+                f"{describe_convention(report.input_convention)}; this model reads "
+                f"{describe_convention(model_has)}, so its features are not those the weights "
+                f"were trained for. Set {shlex.join(report.input_overrides)} (or use the config "
+                "the weights were made for, docs/MODEL_ZOO.md)"
+            )
         file_classes = report.checkpoint_num_classes()
         layout = report.checkpoint_head_layout()
         anchors = report.num_anchors or 1
@@ -399,6 +433,38 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
                     f"{name}: shape {tuple(in_file)} in the checkpoint, {tuple(in_model)} in "
                     "the model: left at its initialisation"
                 )
+
+
+def _file_convention(checkpoint: Mapping) -> Optional[Dict[str, object]]:
+    """The input the weights of a loaded checkpoint were trained on, when the file says."""
+    recorded = checkpoint.get("input_convention")
+    if isinstance(recorded, Mapping):
+        return dict(recorded)
+    author = checkpoint.get("__author__")
+    if author == "torchvision":
+        # detectron2's tools/convert-torchvision-to-d2.py, which tells to set exactly these.
+        return input_convention("torchvision")
+    if author == "Caffe2":
+        # Detectron / Caffe2 models read OpenCV's BGR images; mean, std and stride vary.
+        return {"INPUT.FORMAT": "BGR"}
+    return None
+
+
+def _model_setting(model, key: str):
+    """The value of config key ``key`` that ``model`` was built with, when it shows; else None."""
+    if key == "INPUT.FORMAT":
+        value = getattr(model, "input_format", None)
+        return value if isinstance(value, str) else None
+    if key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):
+        value = getattr(model, "pixel_mean" if key == "MODEL.PIXEL_MEAN" else "pixel_std", None)
+        return value.flatten().tolist() if isinstance(value, torch.Tensor) else None
+    if key == "MODEL.RESNETS.STRIDE_IN_1X1":
+        modules = dict(model.named_modules())
+        conv1 = modules.get("backbone.bottom_up.res3.0.conv1")
+        if conv1 is None or "backbone.bottom_up.res3.0.conv3" not in modules:
+            return None  # no ResNet bottleneck (basic blocks have no 1x1 conv to stride in)
+        return tuple(getattr(conv1, "stride", (1, 1))) != (1, 1)
+    return None
 
 
 def _directory_message(path: str) -> str:

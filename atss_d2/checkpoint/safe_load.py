@@ -6,7 +6,8 @@ downloaded checkpoint can run arbitrary code under ``torch.load(weights_only=Fal
 ``pickle.load``. Everything here accepts only data:
 
 - torch files (zip or legacy format): ``torch.load(weights_only=True)`` (tensors, numbers,
-  strings, containers), plus numpy arrays, dtypes and scalars.
+  strings, containers), plus numpy arrays, dtypes and scalars, and the loss history mmengine
+  saves in mmdetection 3.x checkpoints, kept as inert data (:class:`FrameworkRecord`).
 - ``.pkl`` files (detectron2 / Detectron model zoo): a restricted unpickler that resolves only
   numpy arrays, dtypes, scalars and ``OrderedDict``; builtin containers need no lookup at all.
 
@@ -28,6 +29,7 @@ import torch
 
 __all__ = [
     "CheckpointReadError",
+    "FrameworkRecord",
     "UnsafeCheckpointError",
     "check_file_format",
     "load_checkpoint_file",
@@ -110,9 +112,29 @@ def _numpy_dtype_classes() -> list:
     return sorted((c for c in classes if c is not np.dtype), key=lambda c: c.__name__)
 
 
+class FrameworkRecord:
+    """
+    What a bookkeeping object of a training framework in a checkpoint loads as: its pickled
+    state, kept as data. No module of that framework is imported and none of its code runs.
+    """
+
+    def __setstate__(self, state) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"FrameworkRecord({self.state!r})" if hasattr(self, "state") else "FrameworkRecord()"
+
+
+# Classes that training frameworks pickle next to the weights, outside the model state dict:
+# mmengine's loss / metric history (``message_hub["log_scalars"]`` of every mmdetection 3.x
+# checkpoint, mmengine/logging/history_buffer.py). Loaded as FrameworkRecord.
+_FRAMEWORK_RECORDS = ("mmengine.logging.history_buffer.HistoryBuffer",)
+
+
 def _torch_safe_globals() -> list:
     multiarray = _numpy_multiarray()
     return [
+        *((FrameworkRecord, name) for name in _FRAMEWORK_RECORDS),
         np.ndarray,
         np.dtype,
         *_numpy_dtype_classes(),
