@@ -223,12 +223,16 @@ def class_metadata(
     """
     The metadata whose ``thing_classes`` label the drawn boxes: those of the first dataset of
     ``registered`` (``--coco-dataset`` / ``--voc-dataset``), else ``classes`` (``--classes``),
-    else those of ``cfg.DATASETS.TEST[0]``, else ``checkpoint_classes`` (the names saved with
-    the weights, ``SafePredictor.checkpoint_classes``), else ``"class 0"``, ``"class 1"``, ...
-    (detectron2's Visualizer would write the bare id, "0 87%").
+    else ``checkpoint_classes`` (the names saved with the weights,
+    ``SafePredictor.checkpoint_classes``), else those of ``cfg.DATASETS.TEST[0]`` when it has
+    ``MODEL.ATSS.NUM_CLASSES`` of them (a config's test set of another class count, such as a
+    COCO config's ``coco_2017_val`` beside a model fine-tuned to 3 classes, is passed over with
+    a warning), else ``"class 0"``, ``"class 1"``, ... (detectron2's Visualizer would write the
+    bare id, "0 87%"); that last one is named ``UNNAMED``.
 
     Raises:
-        ClassNamesError: the names are not ``MODEL.ATSS.NUM_CLASSES`` many.
+        ClassNamesError: the names given (a dataset, ``classes`` or the checkpoint's) are not
+            ``MODEL.ATSS.NUM_CLASSES`` many.
     """
     num_classes = cfg.MODEL.ATSS.NUM_CLASSES
     if registered:
@@ -236,27 +240,44 @@ def class_metadata(
     elif classes:
         names = parse_class_names(classes) if isinstance(classes, str) else list(classes)
         metadata = Metadata(name="--classes", thing_classes=names)
-    elif cfg.DATASETS.TEST and cfg.DATASETS.TEST[0] in MetadataCatalog.list():
-        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
     elif checkpoint_classes:
         metadata = Metadata(name="MODEL.WEIGHTS", thing_classes=list(checkpoint_classes))
     else:
-        metadata = Metadata(name="__unnamed")
+        metadata = _test_set_metadata(cfg)
     names = metadata.get("thing_classes")
-    if names is None and checkpoint_classes:
+    if names is None and checkpoint_classes:  # a dataset registered without class names
         names = list(checkpoint_classes)
         metadata = Metadata(name="MODEL.WEIGHTS", thing_classes=names)
     if names is None:
         # A new object: the catalog's metadata of a dataset is not altered.
-        return Metadata(
-            name=metadata.name, thing_classes=[f"class {i}" for i in range(num_classes)]
-        )
+        return Metadata(name=UNNAMED, thing_classes=[f"class {i}" for i in range(num_classes)])
     if len(names) != num_classes:
         source = names_source(metadata)
         raise ClassNamesError(
             f"{source} has {len(names)} class names {names[:8]}, but the model has "
             f"MODEL.ATSS.NUM_CLASSES {num_classes}"
         )
+    return metadata
+
+
+UNNAMED = "__unnamed"
+
+
+def _test_set_metadata(cfg) -> Metadata:
+    """The metadata of ``cfg.DATASETS.TEST[0]`` if registered with ``MODEL.ATSS.NUM_CLASSES``
+    class names, else an unnamed one."""
+    test = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
+    if test not in MetadataCatalog.list():
+        return Metadata(name=UNNAMED)
+    metadata = MetadataCatalog.get(test)
+    names = metadata.get("thing_classes")
+    if names is not None and len(names) != cfg.MODEL.ATSS.NUM_CLASSES:
+        logger.warning(
+            f"Not naming the classes after DATASETS.TEST[0] {test!r}: it has {len(names)} "
+            f"classes, the model MODEL.ATSS.NUM_CLASSES {cfg.MODEL.ATSS.NUM_CLASSES}; give "
+            "the names with --classes (or the dataset with --coco-dataset / --voc-dataset)"
+        )
+        return Metadata(name=UNNAMED)
     return metadata
 
 

@@ -128,12 +128,14 @@ def main(argv=None) -> List[str]:
 
     registered = register_datasets(args)  # DataError naming the file or flag
     cfg = setup_cfg(args)
-    metadata = class_metadata(cfg, registered, args.classes)
+    if registered or args.classes:  # names given are checked before the model is built
+        class_metadata(cfg, registered, args.classes)
     failures: List[str] = []
     if args.input:
         paths, failures = expand_inputs(args.input)
         outputs = output_paths(paths, args.output)  # names: images are read one at a time
         if not paths:  # nothing to run a model on
+            metadata = class_metadata(cfg, registered, args.classes)
             return run_demo([], metadata, args.save_json, failures)
     predictor = SafePredictor(cfg)
     # The class names saved with the weights name the boxes when nothing else does, and must

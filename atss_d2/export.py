@@ -16,11 +16,13 @@ coordinates: scale them to the original image as ``detector_postprocess`` does.
 same detections (up to float32 rounding) and runs faster in ONNX Runtime on the CPU.
 """
 
+import contextlib
 import importlib
 import inspect
 import os
 import sys
 import types
+import warnings
 from typing import Any, Dict, List, Sequence
 
 import torch
@@ -98,7 +100,7 @@ def export_torchscript(model: nn.Module, image: Tensor, path: str) -> List[str]:
         the names of the traced module's outputs (see :func:`output_field_names`).
     """
     adapter = build_tracing_adapter(model, image)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
         outputs = adapter(*adapter.flattened_inputs)
     traced.save(path)
@@ -151,7 +153,7 @@ def export_onnx(
     kwargs: Dict[str, Any] = {}
     if "dynamo" in _export_parameters():
         kwargs["dynamo"] = False
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_tracer():
         torch.onnx.export(
             adapter,
             adapter.flattened_inputs,
@@ -165,6 +167,24 @@ def export_onnx(
         )
     _inline_shared_initializers(path)
     return output_names
+
+
+@contextlib.contextmanager
+def _quiet_tracer():
+    """
+    Without the tracer's warnings about detectron2's and ATSS's Python-side checks (asserts on
+    shapes, ``len(boxes)``, ``h, w = image_size``, ``numel() == 0``): each is a constant of the
+    model, not of the image, so the trace serves every image size, as ``tests/test_export.py``
+    checks on images larger and smaller than the trace's. Also without the ONNX exporter's
+    note that advanced indexing with negative indices is exported wrongly: ATSS indexes with
+    ``nonzero`` / ``topk`` results, which are never negative.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings(
+            "ignore", message="Exporting aten::index operator of advanced indexing"
+        )
+        yield
 
 
 def _inline_shared_initializers(path: str) -> None:

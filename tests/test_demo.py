@@ -11,6 +11,7 @@ final score is known by hand: sqrt(0.6 * 0.25) = 0.3873 (class 0), sqrt(0.18 * 0
 """
 
 import json
+import logging
 import math
 import runpy
 import sys
@@ -276,6 +277,22 @@ def test_class_names_come_from_the_dataset_the_config_or_are_numbered():
             message = r"dataset 'demo_three' has 3 class names .*NUM_CLASSES 2"
             with pytest.raises(ClassNamesError, match=message):
                 class_metadata(cfg, ["demo_three"])
+
+
+def test_saved_class_names_come_before_a_config_test_set_of_another_count(caplog):
+    # A COCO config's test set (here 3 names) beside a model fine-tuned to 2 classes: the
+    # names saved with the weights label the boxes; without them, the boxes are numbered.
+    cfg = tiny_cfg("unused")  # 2 classes
+    with registered("demo_coco_like", [], classes=("a", "b", "c")):
+        cfg.DATASETS.TEST = ("demo_coco_like",)
+        assert class_metadata(cfg, (), None, ["fox", "elk"]).thing_classes == ["fox", "elk"]
+        with caplog.at_level(logging.WARNING, logger="atss_d2.demo"):
+            assert class_metadata(cfg).thing_classes == ["class 0", "class 1"]
+        assert "DATASETS.TEST[0] 'demo_coco_like': it has 3 classes" in caplog.text
+        with registered("demo_pair", [], classes=("emu", "owl")):
+            # Names given come before those saved.
+            given = class_metadata(cfg, ["demo_pair"], None, ["fox", "elk"])
+            assert given.thing_classes == ["emu", "owl"]
 
 
 def test_coco_results_of_one_image():

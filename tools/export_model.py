@@ -5,11 +5,12 @@ Export an ATSS model to TorchScript or ONNX (traced through detectron2's ``Traci
     python tools/export_model.py --config-file configs/COCO-Detection/atss_R_50_FPN_1x.yaml \\
         --format onnx --output exported/ --sample-image input.jpg MODEL.WEIGHTS model_final.pth
 
-Writes ``model.onnx`` or ``model.ts`` and ``outputs.json`` (the output names) into ``--output``,
-then runs the exported model on the sample and checks its detections against PyTorch's. The
-exported model takes one float32 (3, H, W) image, already resized (INPUT.MIN_SIZE_TEST /
-MAX_SIZE_TEST) and in INPUT.FORMAT's channel order, and returns boxes in that image's
-coordinates. Without ``--sample-image``, a random image of the test size is used for tracing.
+Writes ``model.onnx`` or ``model.ts`` and ``outputs.json`` (the output names, the input's channel
+order and resize, the class names) into ``--output``, then runs the exported model on the sample
+and checks its detections against PyTorch's. The exported model takes one float32 (3, H, W)
+image, already resized (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) and in INPUT.FORMAT's channel
+order, and returns boxes in that image's coordinates. Without ``--sample-image``, a random image
+of the test size is used for tracing.
 
 ``--quantize`` also writes ``model.int8.onnx`` (ONNX Runtime static quantization, calibrated on
 ``--calib-images`` images of the registered dataset ``--calib-dataset``). ``--run-eval DATASET``
@@ -30,16 +31,20 @@ import torch
 import atss_d2.warning_filters  # noqa: F401  (first: before the detectron2 imports)
 
 # isort: split
-from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-import atss_d2
 from atss_d2.checkpoint import SafeDetectionCheckpointer
-from atss_d2.data import add_dataset_arguments, register_datasets_from_args
+from atss_d2.config_checks import ConfigError, check_atss_config
+from atss_d2.data import (
+    add_dataset_arguments,
+    register_datasets_from_args,
+)
 from atss_d2.data.mapper import UnreadableImageError, read_image_any_mode
+from atss_d2.demo import UNNAMED, class_metadata, names_source
 from atss_d2.engine.config import check_datasets_registered
+from atss_d2.engine.predictor import check_class_names, check_weights_for_inference
 from atss_d2.export import export_onnx, export_torchscript
 from atss_d2.runtime import (
     ExportedModel,
@@ -48,6 +53,7 @@ from atss_d2.runtime import (
     evaluate,
     match_detections,
 )
+from atss_d2.train_net import load_yaml_config
 
 logger = logging.getLogger("atss_d2.export")
 
@@ -55,11 +61,15 @@ logger = logging.getLogger("atss_d2.export")
 def setup_cfg(args):
     """The config of ``--config-file`` and ``opts``, with ``MODEL.DEVICE`` cpu: the model is
     built and traced on the CPU (the exported file runs anywhere), whatever device the config
-    trains on."""
-    cfg = get_cfg()
-    atss_d2.add_atss_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    trains on. Errors name the file and the key (:class:`ConfigError`)."""
+    if args.config_file.endswith(".py"):
+        raise ConfigError(
+            f"{args.config_file} is a LazyConfig; export_model.py reads YAML configs (each "
+            "shipped LazyConfig has a YAML twin of the same name, e.g. "
+            "configs/Shapes/atss_R_18_FPN_shapes.yaml)"
+        )
+    cfg = load_yaml_config(args.config_file, args.opts)
+    check_atss_config(cfg)
     if cfg.MODEL.DEVICE != "cpu":
         logger.info(f"MODEL.DEVICE {cfg.MODEL.DEVICE!r} -> 'cpu': the model is traced on the CPU")
         cfg.MODEL.DEVICE = "cpu"
@@ -70,14 +80,16 @@ def setup_cfg(args):
 def sample_image(cfg, path):
     """The sample as the model sees it at test time: Tensor float32 (3, H, W)."""
     if path:
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise FileNotFoundError(f"--sample-image not found: {path}")
+        if not os.path.isfile(path):
+            raise ValueError(f"--sample-image {path} is not a file")
         try:  # as training and evaluation read their images (16-bit, float, any mode)
             image = read_image_any_mode(path, cfg.INPUT.FORMAT)
         except UnreadableImageError as e:
             raise ValueError(f"--sample-image: {e}") from e
     else:
-        side = cfg.INPUT.MIN_SIZE_TEST
+        side = cfg.INPUT.MIN_SIZE_TEST or 512  # 0: the test loader does not resize
         rng = np.random.default_rng(0)
         image = rng.integers(0, 256, size=(side, side * 4 // 3, 3), dtype=np.uint8)
     resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
@@ -91,6 +103,7 @@ def check_arguments(args, cfg):
         raise ValueError("--quantize needs --format onnx (ONNX Runtime quantization)")
     if args.calib_images < 1:
         raise ValueError(f"--calib-images must be at least 1, got {args.calib_images}")
+    check_packages(args)
     if args.quantize:
         check_datasets_registered([calibration_dataset(args, cfg)], "--calib-dataset")
     if args.run_eval:
@@ -101,6 +114,37 @@ def check_arguments(args, cfg):
         and "://" not in (cfg.MODEL.WEIGHTS)
     ):
         raise FileNotFoundError(f"MODEL.WEIGHTS not found: {cfg.MODEL.WEIGHTS}")
+    if args.sample_image and not os.path.exists(args.sample_image):
+        raise FileNotFoundError(f"--sample-image not found: {args.sample_image}")
+    check_output_dir(args.output)
+
+
+def check_packages(args):
+    """ONNX export needs ``onnx`` (torch's exporter) and ``onnxruntime`` (the checks)."""
+    if args.format != "onnx":
+        return
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(
+            f"--format onnx needs the {' and '.join(missing)} package"
+            f"{'s' if len(missing) > 1 else ''}: pip install onnx onnxruntime "
+            "(or --format torchscript)"
+        )
+
+
+def check_output_dir(path):
+    """Create ``--output`` (and its parents), or stop naming it when that cannot be done or
+    it is not writable."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--output {path} is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--output {path}: cannot create the directory: {e.strerror}") from e
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {path}: the directory is not writable")
 
 
 def calibration_dataset(args, cfg) -> str:
@@ -129,18 +173,60 @@ def quantize(model, image, cfg, args) -> str:
     return path
 
 
+def class_names(cfg, args, registered, checkpoint_classes):
+    """
+    The names of the exported model's class ids and where they come from, chosen as the demo
+    chooses them (:func:`atss_d2.demo.class_metadata`), or (None, None) when nothing names them.
+
+    Raises:
+        ValueError: the names given are not ``MODEL.ATSS.NUM_CLASSES`` many, or are the
+            checkpoint's in another order.
+    """
+    metadata = class_metadata(cfg, registered, args.classes, checkpoint_classes)
+    if metadata.name == UNNAMED:
+        logger.warning(
+            "No class names (no dataset given, none saved with MODEL.WEIGHTS): "
+            'outputs.json has "classes": null; give them with --classes'
+        )
+        return None, None
+    names, source = list(metadata.thing_classes), names_source(metadata)
+    check_class_names(cfg.MODEL.WEIGHTS, checkpoint_classes, names, source)
+    return names, source
+
+
+def write_outputs_json(path, cfg, names, classes, classes_source):
+    """``outputs.json``: what a deployment needs beside the exported file."""
+    info = {
+        "input": "image: float32 (3, H, W)",
+        "outputs": names,
+        "input_format": cfg.INPUT.FORMAT,
+        "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
+        "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
+        "classes": classes,
+        "classes_from": classes_source,
+    }
+    with open(path, "w") as f:
+        json.dump(info, f, indent=2)
+
+
 def main(args):
     cfg = setup_cfg(args)
-    register_datasets_from_args(args.coco_dataset, args.voc_dataset, args.classes)
+    registered = register_datasets_from_args(args.coco_dataset, args.voc_dataset, args.classes)
     check_arguments(args, cfg)
-    os.makedirs(args.output, exist_ok=True)
-    model = build_model(cfg).eval()
-    if cfg.MODEL.WEIGHTS:
-        SafeDetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    else:
-        logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialized model")
-    model.to("cpu")  # traced on the CPU; the exported model runs anywhere
     image = sample_image(cfg, args.sample_image)
+    model = build_model(cfg).eval()
+    report = None
+    if cfg.MODEL.WEIGHTS:
+        checkpointer = SafeDetectionCheckpointer(model)
+        checkpointer.load(cfg.MODEL.WEIGHTS)
+        report = checkpointer.last_load_report
+    # A head that only partly fits the config (another number of classes) stops here; an
+    # empty MODEL.WEIGHTS is a warning (a random model exports, e.g. to time it).
+    check_weights_for_inference(cfg.MODEL.WEIGHTS, report, [args.run_eval] if args.run_eval else [])
+    classes, classes_source = class_names(
+        cfg, args, registered, report.thing_classes if report is not None else None
+    )
+    model.to("cpu")  # traced on the CPU; the exported model runs anywhere
 
     if args.format == "torchscript":
         path = os.path.join(args.output, "model.ts")
@@ -150,8 +236,9 @@ def main(args):
         names = export_onnx(
             model, image, path, opset_version=args.opset, optimize=not args.no_optimize
         )
-    with open(os.path.join(args.output, "outputs.json"), "w") as f:
-        json.dump({"input": "image: float32 (3, H, W)", "outputs": names}, f, indent=2)
+    write_outputs_json(
+        os.path.join(args.output, "outputs.json"), cfg, names, classes, classes_source
+    )
     logger.info(f"Exported {args.format} model to {path}; outputs: {names}")
 
     exported = {args.format: ExportedModel(path, threads=args.threads)}
@@ -163,6 +250,11 @@ def main(args):
         expected = model([{"image": image}])[0]["instances"]
     matches, verdict = compare_detections(expected, exported[args.format].run(image))
     print(f"Exported {args.format} model {verdict}")
+    if matches and len(expected) == 0:
+        print(
+            "  (nothing compared: the model finds nothing on the sample; check with a "
+            "--sample-image it detects objects in)"
+        )
     if args.quantize:
         agreement = match_detections(expected, exported["onnx int8"].run(image))
         print(
@@ -218,7 +310,12 @@ def get_parser():
     parser.add_argument(
         "--threads", type=int, default=None, help="ONNX Runtime / torch threads for the checks"
     )
-    add_dataset_arguments(parser)
+    add_dataset_arguments(
+        parser,
+        classes_help="comma-separated class names: the class order of --voc-dataset folders, "
+        "and the names outputs.json gives the class ids (default: those of the first dataset "
+        "given, else saved with MODEL.WEIGHTS, else of DATASETS.TEST[0])",
+    )
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config options: KEY VALUE pairs", default=[]
     )
