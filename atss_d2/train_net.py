@@ -50,7 +50,7 @@ from .engine import (
     merge_config_opts,
     validate_config,
 )
-from .engine.config import check_device
+from .engine.config import check_device, check_solver_batch
 
 # detectron2's train_net.py calls its trainer "Trainer"; atss_d2's needs no changes here.
 Trainer = ATSSTrainer
@@ -202,8 +202,10 @@ def main(args):
 
     if args.eval_only:
         res = ATSSTrainer.evaluate_weights(cfg, resume=args.resume)
-        if comm.is_main_process():
-            verify_results(cfg, res)
+        if comm.is_main_process() and cfg.TEST.EXPECTED_RESULTS:
+            # verify_results reads task -> metric, as DefaultTrainer.test returns the results
+            # of one dataset; evaluate_weights keys them by dataset (validate_config: just one).
+            verify_results(cfg, res[cfg.DATASETS.TEST[0]])
         return res
 
     trainer = ATSSTrainer(cfg)
@@ -214,8 +216,9 @@ def main(args):
 def check_before_launch(args) -> None:
     """
     The checks of a YAML config that need no dataset (the ``MODEL.ATSS`` values, ``MODEL.DEVICE``
-    on this machine), in the launching process: a run of ``--num-gpus N`` that would stop on
-    them stops before N processes start. Each process checks everything again.
+    on this machine, a training batch that divides among the processes), in the launching
+    process: a run of ``--num-gpus N`` that would stop on them stops before N processes start.
+    Each process checks everything again.
 
     Raises:
         ConfigError: naming the file or key.
@@ -225,6 +228,8 @@ def check_before_launch(args) -> None:
     cfg = load_yaml_config(args.config_file, args.opts)
     check_atss_config(cfg)
     check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE", "set MODEL.DEVICE cpu")
+    if not args.eval_only:
+        check_solver_batch(cfg, args.num_gpus * args.num_machines)
 
 
 def get_parser():

@@ -501,14 +501,23 @@ def test_train_evaluate_and_eval_only_through_train_net(tmp_path):
         [*config, *dataset, "--eval-only", *opts, f"train.init_checkpoint={out}/model_final.pth",
          f"train.output_dir={tmp_path / 'eval'}"]
     )  # fmt: skip
+    # The config.yaml the run saved, reused as detectron2 users do (--config-file
+    # OUTPUT_DIR/config.yaml): the LazyConfig flow again, not a yacs config.
+    saved_args = train_net.get_parser().parse_args(
+        ["--config-file", str(out / "config.yaml"), *dataset, "--eval-only",
+         f"train.init_checkpoint={out}/model_final.pth",
+         f"train.output_dir={tmp_path / 'eval_saved'}"]
+    )  # fmt: skip
     try:
         results = train_net.main(args)
+        results_saved = train_net.main(saved_args)
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     printed = dict(zip(lines[1].split(","), lines[2].split(",")))
     assert f"{results['bbox']['AP']:.4f}" == printed["AP"]
     assert f"{results['bbox']['AP50']:.4f}" == printed["AP50"]
+    assert f"{results_saved['bbox']['AP']:.4f}" == printed["AP"]
     log = (tmp_path / "eval" / "log.txt").read_text()
     assert f"Tensors loaded from {out}/model_final.pth" in log
     # 2 towers x 2 convs x (weight, GN weight, GN bias), 3 predictors x (weight, bias), 3 scales

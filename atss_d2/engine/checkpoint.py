@@ -16,18 +16,20 @@ loads safely) by listing it first: ``class C(AtomicSaveMixin, SomeCheckpointer)`
 import glob
 import math
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 
-from ..checkpoint import SafeDetectionCheckpointer
+from ..checkpoint import SafeDetectionCheckpointer, WeightsNotFoundError
+from ..checkpoint.detection_checkpoint import IncompatibleWeightsError
 
 __all__ = [
     "AtomicCheckpointer",
     "AtomicSaveMixin",
     "SafeAtomicCheckpointer",
+    "check_optimizer_state",
     "non_finite_tensors",
 ]
 
@@ -150,6 +152,134 @@ class AtomicCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
     """``DetectionCheckpointer`` whose saves are atomic and refuse non-finite weights."""
 
 
+def check_optimizer_state(optimizer, saved, model, path: str) -> None:
+    """
+    Refuse an optimizer state dict ``saved`` (from checkpoint ``path``) that does not fit
+    ``optimizer``, whose parameters are ``model``'s: other parameter groups or counts, or
+    per-parameter state (momentum, moments) of another shape than its parameter. torch's
+    ``load_state_dict`` checks only the counts; the first step then fails deep in the optimizer
+    on the shapes or, with a fused kernel, runs on state of another size.
+
+    Raises:
+        IncompatibleWeightsError: naming the file and the parameters.
+    """
+    if saved is None:
+        return
+    fix = (
+        "the config's model differs from the one of the run saved there (another "
+        "MODEL.ATSS.NUM_CLASSES / model.num_classes?). Resume with that run's own config (its "
+        "OUTPUT_DIR/config.yaml), or fine-tune from the checkpoint in a new run: another output "
+        f"directory, MODEL.WEIGHTS (train.init_checkpoint) {path} and no --resume"
+    )
+    groups = saved.get("param_groups", [])
+    sizes = [len(g["params"]) for g in groups]
+    expected = [len(g["params"]) for g in optimizer.param_groups]
+    if sizes != expected:
+        raise IncompatibleWeightsError(
+            f"--resume: the optimizer state in {path} is for {sum(sizes)} parameters in "
+            f"{len(sizes)} groups, this model's optimizer has {sum(expected)} in "
+            f"{len(expected)}: {fix}"
+        )
+    names = {id(p): n for n, p in model.named_parameters()}
+    state = saved.get("state", {})
+    wrong = []
+    for group, saved_group in zip(optimizer.param_groups, groups):
+        for param, index in zip(group["params"], saved_group["params"]):
+            for value in state.get(index, {}).values():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    name = names.get(id(param), f"parameter #{index}")
+                    wrong.append(
+                        f"{name.removeprefix('module.')}: {tuple(value.shape)} in the "
+                        f"checkpoint, {tuple(param.shape)} in the model"
+                    )
+                    break
+    if wrong:
+        raise IncompatibleWeightsError(
+            f"--resume: the optimizer state in {path} does not fit {len(wrong)} parameter(s) "
+            f"({'; '.join(wrong[:3])}{'; ...' if len(wrong) > 3 else ''}): {fix}"
+        )
+
+
+def _saved_optimizer_state(entry: Any) -> Optional[Dict[str, Any]]:
+    """The optimizer state dict in a checkpointable's saved state: an optimizer's own, or the
+    ``"optimizer"`` of a trainer's (``SimpleTrainer``; ``DefaultTrainer``'s under
+    ``"_trainer"``)."""
+    if not isinstance(entry, dict):
+        return None
+    if "param_groups" in entry:
+        return entry
+    if isinstance(entry.get("optimizer"), dict):
+        return entry["optimizer"]
+    return _saved_optimizer_state(entry.get("_trainer"))
+
+
+def _checkpoints_in(save_dir: str) -> List[str]:
+    """The ``.pth`` files of ``save_dir``, newest first."""
+    files = glob.glob(os.path.join(glob.escape(save_dir), "*.pth"))
+    return [os.path.basename(f) for f in sorted(files, key=os.path.getmtime, reverse=True)]
+
+
 class SafeAtomicCheckpointer(AtomicSaveMixin, SafeDetectionCheckpointer):
     """Atomic saves (:class:`AtomicSaveMixin`) and loading that never unpickles code
-    (:class:`~atss_d2.checkpoint.SafeDetectionCheckpointer`): the trainer's checkpointer."""
+    (:class:`~atss_d2.checkpoint.SafeDetectionCheckpointer`): the trainer's checkpointer.
+    ``resume_or_load(..., resume=True)`` refuses, naming the tag file, a ``last_checkpoint``
+    that is empty or names a file that is not there (fvcore would try to load the directory,
+    or the missing name, as weights), and optimizer state that does not fit the model
+    (:func:`check_optimizer_state`)."""
+
+    _resuming = False
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        if not (resume and self.has_checkpoint()):
+            return super().resume_or_load(path, resume=resume)
+        if self._is_local():
+            self.check_last_checkpoint()
+        self._resuming = True  # the optimizer state is loaded too: see _load_file
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._resuming = False
+
+    def _load_file(self, filename: str):
+        checkpoint = super()._load_file(filename)
+        if self._resuming:
+            for key, obj in self.checkpointables.items():
+                optimizer = obj if isinstance(obj, torch.optim.Optimizer) else None
+                if optimizer is None:
+                    optimizer = getattr(obj, "optimizer", None)  # a trainer's
+                saved = _saved_optimizer_state(checkpoint.get(key))
+                if isinstance(optimizer, torch.optim.Optimizer) and saved is not None:
+                    check_optimizer_state(optimizer, saved, self.model, filename)
+        return checkpoint
+
+    def check_last_checkpoint(self) -> str:
+        """
+        The checkpoint file that ``{save_dir}/last_checkpoint`` names.
+
+        Raises:
+            WeightsNotFoundError: the tag is empty, or names a file that does not exist; the
+                message lists the checkpoints of the directory.
+        """
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        with open(tag, encoding="utf-8", errors="replace") as f:
+            name = f.read().strip()
+        found = _checkpoints_in(self.save_dir)
+        fix = "delete it to start from MODEL.WEIGHTS (train.init_checkpoint) instead"
+        if found:
+            fix = (
+                f"write the name of one of the directory's checkpoints ({', '.join(found[:4])}"
+                f"{', ...' if len(found) > 4 else ''}) into it, or {fix}"
+            )
+        else:
+            fix = f"the directory holds no checkpoint: {fix}"
+        if not name:
+            raise WeightsNotFoundError(
+                f"--resume: {tag} is empty, but it should name the checkpoint to resume from: "
+                f"{fix}"
+            )
+        path = os.path.join(self.save_dir, name)
+        if not os.path.isfile(path):
+            raise WeightsNotFoundError(
+                f"--resume: {tag} names {name!r}, which is not a file in {self.save_dir}: {fix}"
+            )
+        return path

@@ -29,7 +29,9 @@ __all__ = [
     "check_dataset_classes",
     "check_dataset_images",
     "check_datasets_registered",
+    "check_expected_results",
     "check_num_classes",
+    "check_solver_batch",
     "merge_config_file",
     "merge_config_opts",
     "validate_config",
@@ -306,14 +308,38 @@ def check_device(device: str, key: str, fix: str) -> None:
         raise ConfigError(f"{key} is {device!r}, but this machine has no CUDA device; {fix}")
 
 
-def check_batch_divisible(batch: int, key: str) -> None:
+def check_batch_divisible(batch: int, key: str, world_size: Optional[int] = None) -> None:
     """:class:`ConfigError` if the total batch ``batch`` (set by ``key``) does not divide among
-    the processes of this run."""
-    if batch % comm.get_world_size():
+    the processes of this run (``world_size``, default: the current process group's)."""
+    world_size = comm.get_world_size() if world_size is None else world_size
+    if batch % world_size:
         raise ConfigError(
-            f"{key} {batch} is not divisible by the {comm.get_world_size()} processes "
+            f"{key} {batch} is not divisible by the {world_size} processes "
             "(--num-gpus x --num-machines)"
         )
+
+
+def check_solver_batch(cfg: CfgNode, world_size: Optional[int] = None) -> None:
+    """
+    ``SOLVER.IMS_PER_BATCH`` must divide among the ``world_size`` processes (default: the
+    current process group's), after the rescaling that detectron2's
+    ``DefaultTrainer.auto_scale_workers`` does when ``SOLVER.REFERENCE_WORLD_SIZE`` is set:
+    the batch is then meant for that many processes, and scaled to ``world_size`` (e.g. 16 for
+    8 processes is 6 on 3), which divides whenever it divides the reference.
+
+    Raises:
+        ConfigError: naming the keys and the numbers.
+    """
+    world_size = comm.get_world_size() if world_size is None else world_size
+    batch, reference = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.REFERENCE_WORLD_SIZE
+    if reference and reference != world_size:
+        if reference < 0 or batch % reference:
+            raise ConfigError(
+                f"SOLVER.IMS_PER_BATCH {batch} is not divisible by SOLVER.REFERENCE_WORLD_SIZE "
+                f"{reference}, the number of processes it is the total batch of"
+            )
+        return
+    check_batch_divisible(batch, "SOLVER.IMS_PER_BATCH", world_size)
 
 
 def warn_unused_retinanet_keys(cfg: CfgNode) -> List[str]:
@@ -341,6 +367,40 @@ def warn_unused_retinanet_keys(cfg: CfgNode) -> List[str]:
     return changed
 
 
+def check_expected_results(cfg: CfgNode) -> None:
+    """
+    ``TEST.EXPECTED_RESULTS``, which detectron2's ``verify_results`` checks at the end of
+    training or evaluation, must be a list of ``[task, metric, expected, tolerance]`` (e.g.
+    ``[["bbox", "AP", 38.5, 0.2]]``) and, as detectron2 reads task -> metric of a single
+    dataset's results, ``DATASETS.TEST`` must name one dataset: refused here rather than after
+    the run.
+
+    Raises:
+        ConfigError: naming the entry at fault.
+    """
+    expected = cfg.TEST.EXPECTED_RESULTS
+    if not expected:
+        return
+    for entry in expected:
+        ok = isinstance(entry, (list, tuple)) and len(entry) == 4
+        if ok:
+            task, metric, value, tolerance = entry
+            ok = isinstance(task, str) and isinstance(metric, str)
+            ok = ok and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in (value, tolerance)
+            )
+        if not ok:
+            raise ConfigError(
+                f"TEST.EXPECTED_RESULTS entry {entry!r} is not [task, metric, expected, "
+                'tolerance], e.g. ["bbox", "AP", 38.5, 0.2]'
+            )
+    if len(cfg.DATASETS.TEST) != 1:
+        raise ConfigError(
+            "TEST.EXPECTED_RESULTS is checked against the results of one test dataset, but "
+            f"DATASETS.TEST names {len(cfg.DATASETS.TEST)} ({list(cfg.DATASETS.TEST)})"
+        )
+
+
 def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
     """
     Check, before anything is built, what would otherwise fail late or silently: the datasets
@@ -358,7 +418,7 @@ def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
     warn_unused_retinanet_keys(cfg)
     check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE", "set MODEL.DEVICE cpu")
     if train:
-        check_batch_divisible(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
+        check_solver_batch(cfg)
         if not cfg.DATASETS.TRAIN:
             raise ConfigError("DATASETS.TRAIN is empty; name at least one training dataset")
         check_datasets_registered(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
@@ -373,6 +433,7 @@ def validate_config(cfg: CfgNode, *, train: bool = True) -> None:
                 raise ConfigError(f"SOLVER.{key} must be positive, got {cfg.SOLVER[key]}")
     check_datasets_registered(cfg.DATASETS.TEST, "DATASETS.TEST")
     check_dataset_images(cfg.DATASETS.TEST, "DATASETS.TEST")
+    check_expected_results(cfg)
     if train:
         names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     else:

@@ -5,6 +5,7 @@ Training and evaluation from a LazyConfig file (a ``.py`` config), in the flow o
     python train_net.py --config-file configs/COCO-Detection/atss_R_50_FPN_1x.py --num-gpus 8
     python train_net.py --config-file configs/Shapes/atss_R_18_FPN_shapes.py train.max_iter=100
     python train_net.py --config-file ....py --eval-only train.init_checkpoint=model_final.pth
+    python train_net.py --config-file output/config.yaml ...   # the config a run saved
 
 A config defines ``model``, ``dataloader.train`` / ``test`` / ``evaluator``, ``optimizer``
 (``params.model`` is set to the model here), ``lr_multiplier`` (a ``ParamScheduler`` over the
@@ -26,6 +27,7 @@ import difflib
 import inspect
 import logging
 import os
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -77,9 +79,32 @@ _REQUIRED = ("model", "dataloader", "optimizer", "lr_multiplier", "train")
 _REQUIRED_TRAIN = ("output_dir", "init_checkpoint", "max_iter", "device")
 
 
+# Top-level sections of a LazyConfig; a YAML (yacs) config's keys are upper case (MODEL, ...).
+_LAZY_SECTIONS = {"model", "dataloader", "train"}
+_TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_]\w*)\s*:", re.M)
+
+
 def is_lazy_config(path: str) -> bool:
-    """Whether ``path`` names a LazyConfig (``.py``) file rather than a YAML one."""
-    return os.path.splitext(str(path))[1] == ".py"
+    """
+    Whether ``path`` names a LazyConfig rather than a yacs YAML config: a ``.py`` file, or a
+    ``.yaml`` file with LazyConfig sections (``model``, ``dataloader``, ``train``), such as the
+    ``config.yaml`` that detectron2's ``default_setup`` writes into ``train.output_dir`` of a
+    LazyConfig run (``LazyConfig.save``), which ``LazyConfig.load`` reads back.
+    """
+    extension = os.path.splitext(str(path))[1]
+    if extension == ".py":
+        return True
+    if extension not in (".yaml", ".yml") or not os.path.isfile(path):
+        return False
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return False
+    # The file may hold python tags (``!!python/name:torch.optim.AdamW``) that safe YAML
+    # loading refuses: look at the top-level keys only.
+    keys = set(_TOP_LEVEL_KEY.findall(text))
+    return "_target_" in text and len(keys & _LAZY_SECTIONS) >= 2
 
 
 def _keys(tree: Any, prefix: str = "") -> List[str]:

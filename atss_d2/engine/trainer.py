@@ -81,6 +81,9 @@ class ATSSTrainer(DefaultTrainer):
       atomically and never with NaN weights, so ``--resume`` after a crash or ``kill -9``
       continues from the last complete checkpoint; files are loaded without unpickling code,
       and what a weights file did not provide is logged;
+    - the optimizer's state (and the AMP gradient scaler's) saved in every checkpoint and
+      restored by ``--resume`` (:meth:`state_dict`), which detectron2 0.6's ``DefaultTrainer``
+      leaves out;
     - the optimizer of ``SOLVER.OPTIMIZER`` (:func:`atss_d2.solver.build_optimizer`);
     - the evaluator of each test dataset's ``evaluator_type`` (:meth:`build_evaluator`);
     - with ``TEST.AUG.ENABLED``, an evaluation with test-time augmentation after training
@@ -128,6 +131,32 @@ class ATSSTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def state_dict(self):
+        """detectron2's ``{"iteration", "hooks"}`` plus, under ``"_trainer"``, the state of the
+        inner ``SimpleTrainer``: the optimizer's (SGD momentum, AdamW moments) and, with AMP,
+        the gradient scaler's. detectron2 0.6's ``DefaultTrainer`` saves neither, so a resumed
+        run would restart them from zero; later detectron2 versions save them under the same
+        key."""
+        ret = super().state_dict()
+        ret.setdefault("_trainer", self._trainer.state_dict())
+        return ret
+
+    def load_state_dict(self, state_dict):
+        """Restore :meth:`state_dict` (``--resume``). The checkpointer has checked that the
+        optimizer state fits the model (:func:`~atss_d2.engine.checkpoint.check_optimizer_state`).
+        """
+        TrainerBase.load_state_dict(self, state_dict)  # iteration and hooks
+        inner = state_dict.get("_trainer")
+        if inner is None:
+            path = getattr(self.checkpointer.last_load_report, "path", None) or "the checkpoint"
+            logger.warning(
+                f"{path} holds no optimizer state (a checkpoint of detectron2 0.6's "
+                "DefaultTrainer): training resumes at its iteration with the optimizer's "
+                "momentum / moments starting from zero"
+            )
+            return
+        self._trainer.load_state_dict(inner)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
