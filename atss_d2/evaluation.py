@@ -122,7 +122,8 @@ class ATSSCOCOEvaluator(COCOEvaluator):
     - the ground truth is repaired where pycocotools would misjudge it
       (:func:`repair_coco_ground_truth`);
     - a warning says when an image has more objects than ``max_dets_per_image`` (default
-      100) detections are evaluated: its recall, and so AP, cannot reach 100.
+      100) detections are evaluated: its recall, and so AP, cannot reach 100; and when the
+      dataset has no ground-truth box at all (every metric is then NaN).
     """
 
     def __init__(
@@ -158,6 +159,28 @@ class ATSSCOCOEvaluator(COCOEvaluator):
         self._plus_one = bool(plus_one)
         repair_coco_ground_truth(self._coco_api, self._metadata.json_file)
         self._warn_if_capped(dataset_name)
+        self._warn_if_no_ground_truth(dataset_name)
+
+    def _warn_if_no_ground_truth(self, dataset_name: str) -> None:
+        annotations = self._coco_api.dataset.get("annotations")
+        if any(not a.get("iscrowd", 0) for a in annotations or []):
+            return
+        if annotations is None:
+            # COCOEvaluator then only writes the detections (a COCO test-dev style json).
+            outcome = (
+                "has no 'annotations' key: only the detections are written "
+                "(coco_instances_results.json), without any AP"
+            )
+        else:
+            outcome = (
+                "has no annotations, or only crowd ones: its COCO AP and AR are undefined and "
+                "print as NaN"
+            )
+        self._logger.warning(
+            f"Dataset {dataset_name!r} has no ground-truth boxes: {self._metadata.json_file} "
+            f"{outcome}. Evaluate on a split with annotations (a test split exported without "
+            "labels can only be looked at, e.g. with demo/demo.py)"
+        )
 
     def _warn_if_capped(self, dataset_name: str) -> None:
         per_image = defaultdict(int)

@@ -1,12 +1,22 @@
-"""Register any COCO-format detection dataset with detectron2, after checking its json."""
+"""
+Register any COCO-format detection dataset with detectron2, after checking its json.
+
+The dataset dicts are those of detectron2's ``load_coco_json`` for boxes (``file_name`` under
+the image directory, ``height``, ``width``, ``image_id``; per annotation ``bbox`` in
+``XYWH_ABS``, the contiguous ``category_id``, ``iscrowd``), with the annotation's ``id`` and
+without ``segmentation``: a box detector trains on the box alone, where ``load_coco_json`` drops
+an annotation whose polygon list is empty or too short (``[[]]``, or a box's two corners), so
+that training would miss boxes the evaluation counts.
+"""
 
 import logging
 import math
 import os
+import re
 from typing import Any, Dict, List, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.structures import BoxMode
 
 from ..utils import read_json
 from .image_size import (
@@ -16,6 +26,7 @@ from .image_size import (
     try_read_image_header,
     unreadable_images_message,
 )
+from .layout import describe_annotation_path
 
 __all__ = ["register_coco_dataset", "validate_coco_json"]
 
@@ -41,7 +52,14 @@ def _check_entries(json_file: str, data: Dict[str, Any], section: str) -> None:
         missing = [k for k in _REQUIRED_KEYS[section] if k not in entry]
         if missing:
             which = f"{section}[{i}]" + (f" (id {entry['id']})" if "id" in entry else "")
-            raise ValueError(f"{json_file}: {which} lacks the required key(s) {missing}")
+            hint = ""
+            if missing == ["bbox"] and entry.get("segmentation"):
+                hint = (
+                    "; it has only a 'segmentation': a box detector trains on and is evaluated "
+                    "against each annotation's 'bbox' [x, y, width, height], so write one (the "
+                    "extent of its polygons; pycocotools' mask.toBbox for RLE)"
+                )
+            raise ValueError(f"{json_file}: {which} lacks the required key(s) {missing}{hint}")
 
 
 def validate_coco_json(json_file: str) -> Dict[str, Any]:
@@ -51,7 +69,8 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
     for a test set without labels); the required keys of every entry; unique ids, and unique
     names among the categories that have annotations; annotations that name a declared
     category and an existing image, without a non-zero "ignore" (which detectron2's loader
-    refuses); image sizes of whole positive numbers; boxes of four finite numbers, width and
+    refuses); image sizes of whole positive numbers; one entry per image file (``file_name``s
+    unique); boxes of four finite numbers, width and
     height >= 0, inside their image (up to 1 px over the edge, as rounding in annotation tools
     gives; detectron2 clips such boxes).
 
@@ -60,9 +79,18 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not valid JSON (with line and column) or breaks a rule above
+        ValueError: a folder or a YOLO file was given (the message says what it holds); the
+            file is not valid JSON (with line and column) or breaks a rule above
             (naming the file and the offending key, entry or id).
     """
+    json_file = os.fspath(json_file)
+    if os.path.isdir(json_file) or json_file.lower().endswith((".yaml", ".yml", ".txt")):
+        found = describe_annotation_path(json_file)
+        raise ValueError(
+            f"{json_file}: expected a COCO json file (with 'images', 'annotations' and "
+            f"'categories'), got a {'folder' if os.path.isdir(json_file) else 'text file'}"
+            + (f"; {found}" if found else "")
+        )
     data = read_json(json_file, "COCO json file")
     if not isinstance(data, dict):
         raise ValueError(
@@ -96,6 +124,7 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
                 f"{width!r} and height {height!r}; expected whole numbers of pixels > 0"
             )
         sizes[image["id"]] = (width, height)
+    _check_unique_file_names(json_file, data["images"])
 
     category_ids = {c["id"] for c in data["categories"]}
     image_ids = set(sizes)
@@ -156,20 +185,102 @@ def validate_coco_json(json_file: str) -> Dict[str, Any]:
     return data
 
 
+def _check_unique_file_names(json_file: str, images: List[Dict[str, Any]]) -> None:
+    """An image listed twice (two ids, one file) would split its boxes between two images:
+    each entry trains with the other's boxes as background, and evaluation counts detections
+    of one entry's objects on the other as false positives."""
+    seen = {}
+    for image in images:
+        name = image["file_name"]
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"{json_file}: image id {image['id']!r} has file_name {name!r}; expected the "
+                "image's path relative to the image directory"
+            )
+        key = os.path.normpath(name)
+        other = seen.setdefault(key, image["id"])
+        if other != image["id"]:
+            raise ValueError(
+                f"{json_file}: images {other!r} and {image['id']!r} both have file_name "
+                f"{name!r}; one image per file: merge their annotations under one image id "
+                "and remove the other entry"
+            )
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_image_files(
+def _base_name(file_name: str) -> str:
+    """The last component of ``file_name``, whether written with "/" or "\\", without a URL's
+    query ("photo.jpg?token=..."); Label Studio's local files, "/data/local-files/?d=dir/a.jpg",
+    give "a.jpg"."""
+    return re.split(r"[\\/]", file_name)[-1].split("?")[0]
+
+
+def _is_foreign_absolute(file_name: str) -> bool:
+    """Whether ``file_name`` is an absolute path (POSIX, or Windows with a drive letter or a
+    share) or a URL ("s3://bucket/a.jpg", "https://..."): a path on the machine or storage of the
+    annotation tool, not one under the image directory."""
+    return file_name.startswith(("/", "\\")) or bool(
+        re.match(r"^([A-Za-z]:[\\/]|[A-Za-z][A-Za-z0-9+.-]+://)", file_name)
+    )
+
+
+def _resolve_image_paths(
     json_file: str, image_root: str, images: List[Dict[str, Any]]
-) -> Tuple[List[int], List[str]]:
-    """The indices of ``images`` not on disk, the paths of those whose header cannot be read,
-    and of those whose EXIF orientation keeps their size; raises ValueError for an image whose
-    width and height do not fit the file (read from its header, as the data loader will see
-    it)."""
+) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """
+    The path of each of ``images``: ``image_root/file_name``, as detectron2's loader joins them;
+    for an absolute ``file_name`` not on this machine (Label Studio writes its server's path,
+    ``"/data/upload/1/3f2a9c1e-photo.jpg"``; Windows tools ``"C:\\\\photos\\\\photo.jpg"``), the
+    file of that base name in ``image_root`` or, failing that, of the base name without Label
+    Studio's upload prefix (8 hex digits and "-", which it adds to every uploaded file:
+    ``photo.jpg``). Relative names are never rewritten: ``images/abc.jpg`` is looked up as
+    ``image_root/images/abc.jpg``.
+
+    Returns:
+        the paths, and (file_name, path) for each name found by its base name.
+
+    Raises:
+        ValueError: two images of the json resolve to one file.
+    """
+    paths, renamed, owner = [], [], {}
+    for image in images:
+        name = image["file_name"]
+        path = os.path.join(image_root, name)
+        if _is_foreign_absolute(name) and not os.path.isfile(path):
+            base = _base_name(name)
+            match = _LABEL_STUDIO_PREFIX.match(base)
+            for candidate in [base] + ([match.group(1)] if match else []):
+                if candidate and os.path.isfile(os.path.join(image_root, candidate)):
+                    path = os.path.join(image_root, candidate)
+                    renamed.append((name, path))
+                    break
+        other = owner.setdefault(os.path.normpath(path), image["id"])
+        if other != image["id"]:
+            raise ValueError(
+                f"{json_file}: images {other!r} and {image['id']!r} are both the file {path} "
+                f"(file_name {name!r}, found by its base name in {image_root}); one image per "
+                "file: give each image its own file"
+            )
+        paths.append(path)
+    return paths, renamed
+
+
+# Label Studio stores an upload as "<the first 8 hex digits of a uuid4>-<original name>".
+_LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}-(.+)$")
+
+
+def _check_image_files(
+    json_file: str, images: List[Dict[str, Any]], paths: List[str]
+) -> Tuple[List[int], List[str], List[str]]:
+    """The indices of ``images`` whose file (``paths``) is not on disk, the paths of those whose
+    header cannot be read, and of those whose EXIF orientation keeps their size; raises
+    ValueError for an image whose width and height do not fit the file (read from its header,
+    as the data loader will see it)."""
     missing, unreadable, ambiguous = [], [], []
-    for index, image in enumerate(images):
-        path = os.path.join(image_root, image["file_name"])
+    for index, (image, path) in enumerate(zip(images, paths)):
         if not os.path.isfile(path):
             missing.append(index)
             continue
@@ -188,52 +299,152 @@ def _check_image_files(
 
 
 def _missing_images_message(
-    json_file: str, image_root: str, images: List[Dict[str, Any]], missing: List[int]
+    json_file: str,
+    image_root: str,
+    images: List[Dict[str, Any]],
+    paths: List[str],
+    missing: List[int],
 ) -> str:
     names = [images[i]["file_name"] for i in missing]
     message = (
         f"{len(missing)} of the {len(images)} images listed in {json_file} are not in "
-        f"{image_root}, e.g. {names[:3]}"
+        f"{image_root}, e.g. {names[:3]} (the first looked for as {paths[missing[0]]})"
     )
+    first = names[0]
     # Exporters such as Label Studio write file names with the export's folder in them
     # ("images/abc.jpg"): IMAGE_DIR is then the folder above.
     parent = os.path.dirname(os.path.abspath(image_root))
-    if os.path.isfile(os.path.join(parent, names[0])):
+    base = _base_name(first)
+    if os.path.isfile(os.path.join(parent, first)):
         message += (
-            f"; {os.path.join(parent, names[0])} exists: the file names include a folder, so "
+            f"; {os.path.join(parent, first)} exists: the file names include a folder, so "
             f"give IMAGE_DIR {parent}"
         )
-    elif os.path.isfile(os.path.join(image_root, os.path.basename(names[0]))):
+    elif _is_foreign_absolute(first):
         message += (
-            f"; {os.path.join(image_root, os.path.basename(names[0]))} exists: the json's "
-            "file_name values carry folders that are not under IMAGE_DIR; make them relative "
-            "to IMAGE_DIR"
+            f"; absolute file names are looked up by their base name ({base!r}, also without "
+            "Label Studio's 8-hex-digit upload prefix) in IMAGE_DIR: give IMAGE_DIR the folder "
+            "of the photos"
         )
+    elif _other_case(paths[missing[0]]):
+        message += (
+            f"; {_other_case(paths[missing[0]])} exists: the file name's case differs from the "
+            "json's (file names are case-sensitive here); rename the files or the json's "
+            "file_name values"
+        )
+    else:
+        match = _LABEL_STUDIO_PREFIX.match(base)
+        for candidate in [base] + ([match.group(1)] if match else []):
+            found = os.path.join(image_root, candidate)
+            if candidate != first and os.path.isfile(found):
+                prefix = (
+                    f", with Label Studio's upload prefix {base[:9]!r},"
+                    if candidate != base
+                    else ""
+                )
+                message += (
+                    f"; {found} exists: the json's file_name values carry folders{prefix} that "
+                    "IMAGE_DIR does not have. Make file_name the path under IMAGE_DIR (e.g. "
+                    f"{candidate!r} for {first!r}), or give IMAGE_DIR the folder that holds "
+                    "them as named"
+                )
+                break
     return message
+
+
+def _other_case(path: str) -> str:
+    """A file in ``path``'s folder whose name differs from ``path``'s in case only, or ""."""
+    folder, name = os.path.split(path)
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return ""
+    matches = [n for n in names if n.lower() == name.lower() and n != name]
+    return os.path.join(folder, matches[0]) if matches else ""
+
+
+def _warn_rotated(json_file: str, annotations: List[Dict[str, Any]]) -> None:
+    """CVAT exports a rotated rectangle as its unrotated ``bbox`` with the angle in
+    ``attributes.rotation`` (degrees); an axis-aligned detector takes the bbox as it is."""
+    rotated = []
+    for ann in annotations:
+        attributes = ann.get("attributes")
+        angle = attributes.get("rotation", 0) if isinstance(attributes, dict) else 0
+        if _is_number(angle) and angle % 180:
+            rotated.append(ann["id"])
+    if rotated:
+        logger.warning(
+            f"{len(rotated)} box(es) of {json_file} are rotated rectangles (CVAT's "
+            f"'attributes': {{'rotation': ...}}, e.g. annotation id {rotated[0]!r}): their "
+            "'bbox' is the rectangle before rotation, which training and evaluation use as it "
+            "is; redraw them as axis-aligned boxes (or write the bbox enclosing the rotated one)"
+        )
+
+
+def _load_coco_boxes(json_file: str, image_root: str, dataset_name: str) -> List[Dict]:
+    """The dataset dicts of the registered json (see the module docstring)."""
+    data = read_json(json_file, "COCO json file")
+    meta = MetadataCatalog.get(dataset_name)
+    id_map = meta.thing_dataset_id_to_contiguous_id
+    paths = meta.get("image_paths") or {}
+    per_image = {image["id"]: [] for image in data["images"]}
+    for ann in data.get("annotations", []):
+        per_image[ann["image_id"]].append(
+            {
+                "id": ann["id"],
+                "bbox": list(ann["bbox"]),
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": id_map[ann["category_id"]],
+                "iscrowd": ann.get("iscrowd", 0),
+            }
+        )
+    images = data["images"]
+    try:  # as load_coco_json orders them
+        images = sorted(images, key=lambda image: image["id"])
+    except TypeError:  # ids of mixed types: the json's order
+        pass
+    dicts = [
+        {
+            "file_name": paths.get(image["id"]) or os.path.join(image_root, image["file_name"]),
+            "height": image["height"],
+            "width": image["width"],
+            "image_id": image["id"],
+            "annotations": per_image[image["id"]],
+        }
+        for image in images
+    ]
+    logger.info(f"Loaded {len(dicts)} images in COCO format from {json_file}")
+    return dicts
 
 
 def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
     """
     Check a COCO-format detection dataset (:func:`validate_coco_json`, plus the image
-    directory) and register it with detectron2 as ``name`` (``register_coco_instances``), so
-    that ``DATASETS.TRAIN`` / ``DATASETS.TEST`` can name it and COCO evaluation works.
+    directory) and register it with detectron2 as ``name``, as ``register_coco_instances``
+    does (metadata ``json_file``, ``image_root``, ``evaluator_type="coco"``), so that
+    ``DATASETS.TRAIN`` / ``DATASETS.TEST`` can name it and COCO evaluation works. The dicts
+    are loaded when the dataset is first used (see the module docstring).
 
     Registering the same name again with the same files does nothing; with other files it
     is an error, as is a name detectron2 already uses for another dataset.
 
     Every image's header is read: a width and height that do not fit the image as loaded
-    (after its EXIF orientation; :mod:`atss_d2.data.image_size`) is an error. Missing and
-    unreadable image files are counted in warnings, which the metadata keeps
+    (after its EXIF orientation; :mod:`atss_d2.data.image_size`) is an error. An absolute
+    ``file_name`` (Label Studio's ``"/data/upload/1/3f2a9c1e-photo.jpg"``) is looked up by its
+    base name in ``image_root`` (a warning counts them); relative ones are taken as they are.
+    Missing and unreadable image files are counted in warnings, which the metadata keeps
     (``missing_images``, ``unreadable_images``), where
     :func:`atss_d2.engine.validate_config` stops a run that would need them: every evaluation,
-    and training unless ``DATALOADER.SKIP_UNREADABLE_IMAGES``.
+    and training unless ``DATALOADER.SKIP_UNREADABLE_IMAGES``. A json without annotations is
+    registered with a warning (COCO AP on it is undefined).
 
     The metadata gets ``thing_classes`` and ``thing_dataset_id_to_contiguous_id`` now (as
-    ``load_coco_json`` sets them when the dataset is loaded: categories ordered by id).
+    ``load_coco_json`` sets them: categories ordered by id, used or not).
 
     Raises:
         FileNotFoundError: ``json_file`` or ``image_root`` does not exist.
-        ValueError: see :func:`validate_coco_json`; an image's size does not fit its file; or
+        ValueError: see :func:`validate_coco_json`; an image's size does not fit its file; two
+            images are one file; category ids that cannot be ordered (numbers and strings); or
             ``name`` is taken.
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
@@ -252,20 +463,40 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
             f"name for {json_file}"
         )
 
-    missing, unreadable, ambiguous = _check_image_files(json_file, image_root, data["images"])
-    metadata = {}
+    images = data["images"]
+    paths, renamed = _resolve_image_paths(json_file, image_root, images)
+    missing, unreadable, ambiguous = _check_image_files(json_file, images, paths)
+    metadata: Dict[str, Any] = {}
+    if renamed:
+        logger.warning(
+            f"{len(renamed)} of the {len(images)} images of {json_file} have an absolute "
+            f"file_name or a URL, not on this machine, and were found by their base name in "
+            f"{image_root} "
+            f"(e.g. {renamed[0][0]!r} -> {renamed[0][1]})"
+        )
+        metadata["image_paths"] = {
+            image["id"]: path
+            for image, path in zip(images, paths)
+            if path != os.path.join(image_root, image["file_name"])
+        }
     # For validate_config: evaluation needs every image; training only with
     # DATALOADER.SKIP_UNREADABLE_IMAGES.
     if missing:
-        message = _missing_images_message(json_file, image_root, data["images"], missing)
+        message = _missing_images_message(json_file, image_root, images, paths, missing)
         logger.warning(message)
         metadata["missing_images"] = message
     if unreadable:
-        message = unreadable_images_message(json_file, unreadable, len(data["images"]))
+        message = unreadable_images_message(json_file, unreadable, len(images))
         logger.warning(message)
         metadata["unreadable_images"] = message
     if ambiguous:
         logger.warning(ambiguous_orientation_warning(json_file, ambiguous))
+    _warn_rotated(json_file, data["annotations"])
+    if not data["annotations"]:
+        logger.warning(
+            f"{json_file} has no annotations (a test split exported without labels?): training "
+            "on it sees only background, and it has no COCO AP"
+        )
     empty = [
         a["id"]
         for a in data["annotations"]
@@ -278,12 +509,20 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
             "as an object to find that no detection can match (lower recall and AP); remove "
             "them from the json"
         )
-    categories = data["categories"]
-    if all(isinstance(c["id"], int) for c in categories):
-        # The names and the id map as load_coco_json sets them (ids sorted), known before the
-        # json is loaded again: for NUM_CLASSES checks, the names of drawn boxes and the
-        # dataset's own category ids in the demo's --save-json.
-        ordered = sorted(categories, key=lambda c: c["id"])
-        metadata["thing_classes"] = [c["name"] for c in ordered]
-        metadata["thing_dataset_id_to_contiguous_id"] = {c["id"]: i for i, c in enumerate(ordered)}
-    register_coco_instances(name, metadata, json_file, image_root)
+    try:
+        ordered = sorted(data["categories"], key=lambda c: c["id"])
+    except TypeError:
+        ids = [c["id"] for c in data["categories"]]
+        raise ValueError(
+            f"{json_file}: category ids {ids[:8]} mix numbers and strings; give every category "
+            "an integer id"
+        ) from None
+    # The names and the id map as load_coco_json sets them (ids sorted), known before the json
+    # is loaded: for NUM_CLASSES checks, the names of drawn boxes and the dataset's own
+    # category ids in the demo's --save-json.
+    metadata["thing_classes"] = [c["name"] for c in ordered]
+    metadata["thing_dataset_id_to_contiguous_id"] = {c["id"]: i for i, c in enumerate(ordered)}
+    DatasetCatalog.register(name, lambda: _load_coco_boxes(json_file, image_root, name))
+    MetadataCatalog.get(name).set(
+        json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata
+    )

@@ -2,11 +2,14 @@
 Register a folder of Pascal VOC XML annotations (as labelImg, CVAT or Label Studio export them)
 as a detectron2 detection dataset, after checking every file.
 
-One XML file per image, read from ``<annotation>``:
+One XML file per image, every ``*.xml`` of the folder and its subfolders (CVAT keeps the folders
+of the images' names), read from ``<annotation>``:
 
 - ``<filename>``: the image, looked up in the images directory. When it has no image extension
-  or is not there, the XML file's stem with a common image extension is tried (exporters often
-  write the name of the uploaded file or drop the extension).
+  or is not there, the XML file's stem (its path under the annotations folder, then its base
+  name) with a common image extension is tried (exporters often write the name of the uploaded
+  file or drop the extension), then the file name without Label Studio's upload prefix
+  ("3f2a9c1e-photo.jpg" -> "photo.jpg").
 - ``<size><width><height>``: the image size. Some tools leave it out or write 0; the size is then
   read from the image file's header (no decoding), after its EXIF orientation, as the data
   loader will see the image. A size that is given must be that of the image as loaded: one that
@@ -33,7 +36,10 @@ these dicts scores the same boxes as detectron2's VOC tooling. Boxes may exceed 
 - ``"keep"``: ordinary objects, trained on and to be detected.
 
 Class ids are the same in the three modes: without ``classes``, they index the sorted union of
-every ``<name>`` of the folder, difficult objects included.
+every ``<name>`` of the folder, difficult objects included. Without ``classes``, names that
+differ only in case or spaces ("Cat", "cat") are an error: they would be two classes.
+
+An ``<annotation>`` in an XML namespace (``<annotation xmlns="...">``) is read as plain VOC.
 """
 
 import copy
@@ -41,6 +47,7 @@ import difflib
 import logging
 import math
 import os
+import re
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional, Sequence, Tuple
 from xml.parsers import expat
@@ -56,6 +63,7 @@ from .image_size import (
     try_read_image_header,
     unreadable_images_message,
 )
+from .layout import describe_annotation_path
 
 __all__ = [
     "DIFFICULT_MODES",
@@ -72,6 +80,8 @@ _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _COORDINATES = ("xmin", "ymin", "xmax", "ymax")
 # How far (px) a box may exceed VOC's 1 <= xmin < xmax <= width rule before it is an error.
 _TOLERANCE = 1.0
+# Label Studio stores an upload as "<the first 8 hex digits of a uuid4>-<original name>".
+_LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}-(.+)$")
 
 # name -> (annotations_dir, images_dir, classes, difficult) as requested, absolute paths; for
 # telling a repeated registration (a no-op) from a clash.
@@ -111,22 +121,39 @@ def _parse_xml(xml_file: str) -> ET.Element:
             f"{xml_file}: malformed XML at line {line}, column {column + 1}: "
             f"{expat.ErrorString(e.code)}"
         ) from e
+    if root.tag.startswith("{"):
+        # <annotation xmlns="...">: the tags are VOC's, each qualified by the namespace.
+        for element in root.iter():
+            if isinstance(element.tag, str):
+                element.tag = element.tag.rsplit("}", 1)[-1]
     if root.tag != "annotation":
+        hint = ""
+        if root.tag == "annotations":  # CVAT's own format: all images in one file
+            hint = (
+                ": this is CVAT's 'CVAT for images' export; export the task as 'PASCAL VOC 1.1' "
+                "(one XML per image) or 'COCO 1.0'"
+            )
         raise VOCAnnotationError(
             f"{xml_file}: the root element is <{root.tag}>, expected <annotation> (Pascal VOC)"
+            + hint
         )
     return root
 
 
-def _find_image(xml_file: str, filename: str, images_dir: str) -> str:
+def _find_image(xml_file: str, filename: str, images_dir: str, stem: str) -> str:
     """The path of the image of ``xml_file``: ``images_dir/filename``, else (see the module
-    docstring) the filename or the XML's stem with an image extension."""
-    stem = os.path.splitext(os.path.basename(xml_file))[0]
+    docstring) the filename or the XML's ``stem`` (its path under the annotations folder,
+    without ``.xml``), or the stem's base name, with an image extension; else the filename
+    without Label Studio's upload prefix."""
     extensions = _IMAGE_EXTENSIONS + tuple(e.upper() for e in _IMAGE_EXTENSIONS)
     candidates = [filename]
     if os.path.splitext(filename)[1].lower() not in _IMAGE_EXTENSIONS:
         candidates += [filename + e for e in extensions]
-    candidates += [stem + e for e in extensions]
+    for name in (stem, os.path.basename(stem)):
+        candidates += [name + e for e in extensions]
+    match = _LABEL_STUDIO_PREFIX.match(os.path.basename(filename))
+    if match:
+        candidates.append(os.path.join(os.path.dirname(filename), match.group(1)))
     for candidate in dict.fromkeys(candidates):  # unique, in order
         path = os.path.join(images_dir, candidate)
         if os.path.isfile(path):
@@ -205,14 +232,17 @@ def _parse_object(xml_file: str, index: int, obj: ET.Element, width: int, height
     return _Object(name, (xmin, ymin, xmax, ymax), flag.lower() in ("1", "true"))
 
 
-def _read_xml(xml_file: str, images_dir: str) -> Tuple[Dict, List[_Object], Optional[ImageHeader]]:
+def _read_xml(
+    xml_file: str, images_dir: str, stem: str
+) -> Tuple[Dict, List[_Object], Optional[ImageHeader]]:
     """The image record (file_name, height, width), the objects and the image's header (None
-    when unreadable) of one XML file; ``<size>`` is checked against the header."""
+    when unreadable) of one XML file (``stem``: its path under the annotations folder, without
+    ``.xml``); ``<size>`` is checked against the header."""
     root = _parse_xml(xml_file)
     filename = _text(root, "filename")
     if filename is None:
         raise VOCAnnotationError(f"{xml_file} lacks <filename> (the image's file name)")
-    image_file = _find_image(xml_file, filename, images_dir)
+    image_file = _find_image(xml_file, filename, images_dir, stem)
     width, height = _size_from_xml(xml_file, root)
     header = try_read_image_header(image_file)
     if width == 0 or height == 0:
@@ -233,30 +263,77 @@ def _read_xml(xml_file: str, images_dir: str) -> Tuple[Dict, List[_Object], Opti
 
 
 def _xml_files(annotations_dir: str) -> List[str]:
+    """The ``.xml`` files of ``annotations_dir`` and its subfolders (CVAT keeps the folders of
+    the images' names: ``Annotations/set1/img.xml``), sorted by their path in it."""
+    if os.path.isfile(annotations_dir):
+        hint = ""
+        if annotations_dir.lower().endswith(".json"):
+            hint = "; a COCO json goes to --coco-dataset NAME JSON IMAGE_DIR"
+        raise VOCAnnotationError(
+            f"{annotations_dir} is a file; expected the folder of the Pascal VOC XML files (one "
+            f"per image){hint}"
+        )
     if not os.path.isdir(annotations_dir):
         raise FileNotFoundError(f"VOC annotations directory not found: {annotations_dir}")
-    names = sorted(
-        n
-        for n in os.listdir(annotations_dir)
-        if n.lower().endswith(".xml") and os.path.isfile(os.path.join(annotations_dir, n))
-    )
+    names = []
+    for folder, subfolders, files in os.walk(annotations_dir):
+        subfolders.sort()
+        relative = os.path.relpath(folder, annotations_dir)
+        names += [
+            os.path.normpath(os.path.join(relative, n)) for n in files if n.lower().endswith(".xml")
+        ]
     if not names:
-        raise VOCAnnotationError(f"{annotations_dir}: no .xml annotation files in this directory")
-    return [os.path.join(annotations_dir, n) for n in names]
+        found = describe_annotation_path(annotations_dir)
+        raise VOCAnnotationError(
+            f"{annotations_dir}: no .xml annotation files in this directory; expected one "
+            "Pascal VOC XML file per image" + (f". {found}" if found else "")
+        )
+    return [os.path.join(annotations_dir, n) for n in sorted(names)]
+
+
+def _images_without_xml(images_dir: str, used: Sequence[str]) -> List[str]:
+    """The image files under ``images_dir`` that no XML names (in path order)."""
+    used = {os.path.normpath(p) for p in used}
+    unused = []
+    for folder, subfolders, files in os.walk(images_dir):
+        subfolders.sort()
+        for name in sorted(files):
+            path = os.path.normpath(os.path.join(folder, name))
+            if name.lower().endswith(_IMAGE_EXTENSIONS) and path not in used:
+                unused.append(path)
+    return unused
 
 
 def voc_class_names(annotations_dirs: Sequence[str]) -> List[str]:
     """The sorted union of the ``<object><name>`` values of every XML file in
     ``annotations_dirs``: one class list (one set of ids) for a train and a val folder, even
     when a class is missing from one of them."""
-    names = set()
+    names = {}  # name -> the first XML file using it
     for annotations_dir in annotations_dirs:
         for xml_file in _xml_files(annotations_dir):
             for obj in _parse_xml(xml_file).findall("object"):
                 name = _text(obj, "name")
                 if name:
-                    names.add(name)
+                    names.setdefault(name, xml_file)
+    _check_spellings(names)
     return sorted(names)
+
+
+def _check_spellings(first_use: Dict[str, str]) -> None:
+    """Raise if two class names (``first_use``: name -> an XML file using it) differ only in
+    case or spaces ("Cat" and "cat"): taken as given they would be two classes, each with part
+    of the objects of one. ``classes`` naming both keeps them apart."""
+    spellings: Dict[str, List[str]] = {}
+    for name in sorted(first_use):
+        spellings.setdefault(" ".join(name.split()).casefold(), []).append(name)
+    for names in spellings.values():
+        if len(names) > 1:
+            shown = ", ".join(f"{n!r} (e.g. {first_use[n]})" for n in names)
+            raise VOCAnnotationError(
+                f"class names {shown} differ only in case or spaces, which would make them "
+                "separate classes; write one spelling in the XML files, or give the class list "
+                "(--classes / classes=[...]) with both names to keep them apart"
+            )
 
 
 def _check_classes(classes: Sequence[str]) -> List[str]:
@@ -295,6 +372,14 @@ def _load(
     if classes is not None:
         classes = _check_classes(classes)
     xml_files = _xml_files(annotations_dir)
+    nested = sorted(
+        {os.path.dirname(os.path.relpath(x, annotations_dir)) for x in xml_files} - {""}
+    )
+    if nested:
+        logger.info(
+            f"{annotations_dir}: the XML files of its subfolders are part of the dataset too "
+            f"({', '.join(n + '/' for n in nested[:5])}{', ...' if len(nested) > 5 else ''})"
+        )
     if not os.path.isdir(images_dir):
         raise FileNotFoundError(
             f"VOC image directory not found: {images_dir} (for {annotations_dir})"
@@ -302,7 +387,8 @@ def _load(
     parsed = []
     ambiguous, unreadable = [], []
     for xml_file in xml_files:
-        record, objects, header = _read_xml(xml_file, images_dir)
+        stem = os.path.splitext(os.path.relpath(xml_file, annotations_dir))[0]
+        record, objects, header = _read_xml(xml_file, images_dir, stem)
         parsed.append((xml_file, record, objects))
         if header is None:
             unreadable.append(record["file_name"])
@@ -320,7 +406,12 @@ def _load(
             )
 
     if classes is None:
-        classes = sorted({obj.name for _, _, objects in parsed for obj in objects})
+        first_use = {}
+        for xml_file, _, objects in parsed:
+            for obj in objects:
+                first_use.setdefault(obj.name, xml_file)
+        _check_spellings(first_use)
+        classes = sorted(first_use)
         if not classes:
             raise VOCAnnotationError(
                 f"{annotations_dir}: none of the {len(xml_files)} XML files has an <object>, so "
@@ -361,8 +452,8 @@ def load_voc_folder(
     dataset_name: Optional[str] = None,
 ) -> List[Dict]:
     """
-    Read and check every ``*.xml`` file of ``annotations_dir`` (sorted by name; not recursive),
-    as described in the module docstring.
+    Read and check every ``*.xml`` file of ``annotations_dir`` and its subfolders (sorted by
+    path), as described in the module docstring.
 
     Args:
         annotations_dir: the folder of the XML files.
@@ -386,7 +477,7 @@ def load_voc_folder(
             coordinate that is not a number; an empty box (xmax < xmin or ymax < ymin); a
             box outside the image by more than 1 px (with the image size); a missing or
             unreadable image; with ``classes``, an object of another class; without, a folder
-            without any object.
+            without any object, or class names that differ only in case or spaces.
         ValueError: ``difficult`` is not a mode, or ``classes`` is empty or repeats a name.
     """
     dicts, classes, _ = _load(os.fspath(annotations_dir), os.fspath(images_dir), classes, difficult)
@@ -405,12 +496,15 @@ def register_voc_dataset(
     """
     Check a VOC annotation folder (:func:`load_voc_folder`: every XML file is parsed now, so
     that errors appear before training starts) and register it with detectron2 as ``name``,
-    serving the parsed dicts (a copy on each ``DatasetCatalog.get``).
+    serving the parsed dicts (a copy on each ``DatasetCatalog.get``). A warning counts the
+    images of ``images_dir`` that no XML names (they are not part of the dataset).
 
-    Metadata: ``thing_classes``; ``evaluator_type="coco"``: COCO AP, computed by detectron2's
-    ``COCOEvaluator`` (and atss_d2's), which converts the dataset dicts to a COCO json and
-    caches it as ``<output_dir>/<name>_coco_format.json``. The cache is reused while it exists:
-    delete it after editing the XML files. ``annotations_dir``, ``images_dir``; ``dirname``
+    Metadata: ``thing_classes``; ``evaluator_type="coco"``: COCO AP, computed by atss_d2's
+    ``ATSSCOCOEvaluator``, which converts the dataset dicts to a COCO json,
+    ``<output_dir>/<name>_coco_format_<digest>.json``, the digest taken from the dicts (so an
+    evaluation after editing the XML files uses the edited boxes; detectron2's own
+    ``COCOEvaluator`` caches ``<name>_coco_format.json`` and keeps using it).
+    ``annotations_dir``, ``images_dir``; ``dirname``
     (the folder holding ``annotations_dir``, the dataset root of detectron2's VOC metadata) and
     ``difficult``.
 
@@ -469,6 +563,16 @@ def register_voc_dataset(
         **extra,
     )
     _registered[name] = request
+    unused = _images_without_xml(images_dir, [d["file_name"] for d in dicts])
+    if unused:
+        # labelImg writes no XML for an image left without boxes: such negatives are not part
+        # of the dataset unless an (empty) annotation is saved for them.
+        logger.warning(
+            f"{len(unused)} image(s) in {images_dir} have no XML file in {annotations_dir} and "
+            f"are not part of dataset {name!r} (e.g. {unused[0]}). To train on an image without "
+            "objects, save an annotation without <object> for it (labelImg: Save on the empty "
+            "image); images of another split in a shared folder need nothing"
+        )
     num_boxes = sum(len(d["annotations"]) for d in dicts)
     logger.info(
         f"Registered VOC dataset {name!r}: {len(dicts)} images, {num_boxes} boxes, "
