@@ -53,8 +53,9 @@ def setup_cfg(args):
     ``MODEL.DEVICE`` on a machine without CUDA."""
     if lazy.is_lazy_config(resolve_config_file(args.config_file)):
         raise ConfigError(
-            f"--config-file {args.config_file} is a LazyConfig (.py); the demo takes a YAML "
-            "config: the .yaml of the same model (e.g. configs/Shapes/atss_R_18_FPN_shapes.yaml "
+            f"--config-file {args.config_file} is a LazyConfig (a .py file, or the "
+            "config.yaml a LazyConfig run saved); the demo takes a YAML config: the .yaml of "
+            "the same model (e.g. configs/Shapes/atss_R_18_FPN_shapes.yaml "
             "for configs/Shapes/atss_R_18_FPN_shapes.py)"
         )
     cfg = load_yaml_config(args.config_file, args.opts)

@@ -200,3 +200,40 @@ def test_trainer_checkpointer_is_atomic_and_loads_safely(tmp_path, crash_in_torc
         ckpt.save("model_0000002")
     assert tagged(tmp_path) == "model_0000001.pth"
     assert not (tmp_path / "model_0000002.pth").exists()
+
+
+def test_trainer_checkpoints_record_the_input_and_a_model_reading_another_is_warned(
+    tmp_path, caplog
+):
+    from detectron2.modeling import build_model
+    from tiny_setup import small_cfg
+
+    from atss_d2.checkpoint import SafeDetectionCheckpointer
+
+    # Base-ATSS.yaml reads RGB with torchvision's ImageNet mean and std (0-255 pixels); R-18 has
+    # basic blocks, so no stride placement is recorded.
+    trained = build_model(small_cfg())
+    SafeAtomicCheckpointer(trained, str(tmp_path)).save("model_final")
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=True)["input_convention"]
+    assert saved["INPUT.FORMAT"] == "RGB"
+    assert saved["MODEL.PIXEL_MEAN"] == pytest.approx([123.675, 116.28, 103.53])
+    assert saved["MODEL.PIXEL_STD"] == pytest.approx([58.395, 57.12, 57.375])
+    assert "MODEL.RESNETS.STRIDE_IN_1X1" not in saved
+
+    with caplog.at_level(logging.WARNING, logger="atss_d2.checkpoint"):
+        checkpointer = SafeDetectionCheckpointer(build_model(small_cfg()))
+        checkpointer.load(str(tmp_path / "model_final.pth"))
+    assert checkpointer.last_load_report.input_overrides == []
+    assert "holds weights trained on" not in caplog.text
+
+    bgr = ["INPUT.FORMAT", "BGR", "MODEL.PIXEL_MEAN", "[103.53, 116.28, 123.675]"]
+    with caplog.at_level(logging.WARNING, logger="atss_d2.checkpoint"):
+        checkpointer = SafeDetectionCheckpointer(build_model(small_cfg(*bgr)))
+        checkpointer.load(str(tmp_path / "model_final.pth"))
+    overrides = checkpointer.last_load_report.input_overrides
+    assert overrides[:2] == ["INPUT.FORMAT", "RGB"] and overrides[2] == "MODEL.PIXEL_MEAN"
+    assert [float(v) for v in overrides[3].strip("[]").split(",")] == pytest.approx(
+        [123.675, 116.28, 103.53]
+    )
+    assert len(overrides) == 4  # the std is the same
+    assert "holds weights trained on RGB input" in caplog.text

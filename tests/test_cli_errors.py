@@ -307,6 +307,6 @@ def test_demo_takes_a_shipped_config_name_and_ends_config_errors_in_one_line(tmp
         assert line.startswith("demo.py: config error: ") and expected in line
     lazy_config = ["--config-file", "configs/Shapes/atss_R_18_FPN_shapes.py", *out]
     line = _exit_line(demo_cli.cli, lazy_config, monkeypatch, "demo.py")
-    assert "is a LazyConfig (.py); the demo takes a YAML config" in line
+    assert "is a LazyConfig (a .py file, or the config.yaml a LazyConfig run saved)" in line
     line = _exit_line(demo_cli.cli, ["--config-file", "nope.yaml", *out], monkeypatch, "demo.py")
     assert line.startswith("demo.py: config error: ") and "nope.yaml" in line

@@ -196,6 +196,20 @@ def test_a_directory_is_named_as_one_with_the_file_to_give(tmp_path):
     assert "not found" not in message
 
 
+def test_the_last_checkpoint_tag_given_as_weights_names_the_checkpoint_it_names(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    tag = run / "last_checkpoint"
+    tag.write_text("model_0000099.pth\n")
+    message = _load_error(tmp_path, tag)
+    assert message.startswith(f"Weights path {str(tag)!r} is detectron2's last_checkpoint tag")
+    assert message.endswith(
+        f"set MODEL.WEIGHTS to {run / 'model_0000099.pth'}, the checkpoint it names"
+    )
+    tag.write_text("")
+    assert "it is empty" in _load_error(tmp_path, tag)
+
+
 # What the load report counts
 # ----------------------------------------------------------------------------------------------
 def test_the_report_counts_only_tensors_in_the_file(tmp_path, caplog):
@@ -411,3 +425,35 @@ def test_torchvision_resnets_converted_by_detectron2_or_by_the_converter_load(tm
             state[prefix + "stem.conv1.norm.running_var"], resnet18["bn1.running_var"]
         )
         assert report.parts["backbone (ResNet)"] == (R18_TENSORS, R18_TENSORS), path
+
+
+def test_retinanet_towers_without_norm_load_conv_by_conv(tmp_path):
+    # detectron2's RetinaNet head (MODEL.RETINANET.NORM ""): each tower is conv, ReLU, conv,
+    # ReLU (convs at 0, 2); ATSS's is conv, GroupNorm, ReLU per layer (convs at 0, 3).
+    model = _model(tmp_path, "MODEL.ATSS.NUM_CONVS", "2")
+    assert [i for i, m in enumerate(model.head.cls_subnet) if isinstance(m, torch.nn.Conv2d)] == [
+        0,
+        3,
+    ]
+    torch.manual_seed(1)
+    retinanet = {k: v for k, v in _state(model).items() if not k.startswith("head.")}
+    convs = {}
+    for tower in ("cls_subnet", "bbox_subnet"):
+        for index in (0, 2):
+            weight = model.head.cls_subnet[0].weight
+            convs[(tower, index)] = torch.randn_like(weight), torch.randn(weight.shape[0])
+            retinanet[f"head.{tower}.{index}.weight"] = convs[(tower, index)][0]
+            retinanet[f"head.{tower}.{index}.bias"] = convs[(tower, index)][1]
+    torch.save({"model": retinanet}, tmp_path / "retinanet.pth")
+
+    checkpointer = SafeDetectionCheckpointer(model)
+    checkpointer.load(str(tmp_path / "retinanet.pth"))
+    for tower in ("cls_subnet", "bbox_subnet"):
+        layers = getattr(model.head, tower)
+        for index, layer in ((0, 0), (2, 3)):  # the second conv into the second conv
+            assert torch.equal(layers[layer].weight, convs[(tower, index)][0]), (tower, index)
+    # ATSS's convs before a norm have no bias (MODEL.ATSS.TOWER_CONV_BIAS False): RetinaNet's
+    # are left out, under their own names.
+    assert model.head.cls_subnet[0].bias is None
+    unmatched = sorted(f"head.{t}.{i}.bias" for t in ("cls_subnet", "bbox_subnet") for i in (0, 2))
+    assert sorted(checkpointer.last_load_report.unmatched) == unmatched

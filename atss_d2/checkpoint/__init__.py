@@ -26,6 +26,7 @@ from .detection_checkpoint import (
     LoadReport,
     SafeDetectionCheckpointer,
     WeightsNotFoundError,
+    model_input_convention,
 )
 from .safe_load import (
     CheckpointReadError,
@@ -60,6 +61,7 @@ __all__ = [
     "input_convention",
     "load_checkpoint_file",
     "mmdet_class_names",
+    "model_input_convention",
     "safe_pickle_load",
     "safe_torch_load",
     "save_detectron2_checkpoint",

@@ -25,6 +25,7 @@ __all__ = [
     "LoadReport",
     "SafeDetectionCheckpointer",
     "WeightsNotFoundError",
+    "model_input_convention",
 ]
 
 logger = logging.getLogger(__name__)
@@ -207,6 +208,8 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         return super().load(path, *args, **kwargs)
 
     def _local_path(self, path: str) -> str:
+        if os.path.isfile(path) and os.path.basename(path) == "last_checkpoint":
+            raise WeightsNotFoundError(_tag_message(path))
         if os.path.isfile(path):
             return path
         if os.path.isdir(path):
@@ -326,7 +329,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
                 c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
             )
             checkpoint["matching_heuristics"] = False
-        weights = checkpoint["model"]
+        weights = checkpoint["model"] = _align_tower_convs(checkpoint["model"], self.model)
         given = dict(
             zip(
                 without_module_prefix(weights),
@@ -450,6 +453,68 @@ def _file_convention(checkpoint: Mapping) -> Optional[Dict[str, object]]:
     return None
 
 
+# The head's two towers, conv layers of the same order in ATSS and detectron2's RetinaNet.
+_TOWERS = ("head.cls_subnet", "head.bbox_subnet")
+
+
+def _tower_layers(state: Mapping[str, torch.Tensor], tower: str) -> Optional[Dict[int, bool]]:
+    """Layer index -> whether it is a conv (a 4-d weight), of the tower's tensors in ``state``;
+    None when it has none."""
+    layers: Dict[int, bool] = {}
+    for name, value in state.items():
+        if not name.startswith(tower + "."):
+            continue
+        index, _, leaf = name[len(tower) + 1 :].partition(".")
+        if not index.isdigit():
+            return None  # not a Sequential of layers
+        is_conv = leaf == "weight" and getattr(value, "dim", lambda: 0)() == 4
+        layers[int(index)] = layers.get(int(index), False) or is_conv
+    return layers or None
+
+
+def _align_tower_convs(weights: Dict[str, torch.Tensor], model) -> Dict[str, torch.Tensor]:
+    """
+    ``weights`` with the convs of a head tower saved without normalisation layers (detectron2's
+    RetinaNet with its default ``MODEL.RETINANET.NORM ""``: conv, ReLU, conv, ... at indices
+    0, 2, 4, 6) renamed to the model's conv positions (conv, GroupNorm, ReLU: 0, 3, 6, 9), one
+    to one in order, when both towers have as many convs; the model's GroupNorm layers then keep
+    their initialisation. Without this, the checkpoint's convs would load where their index
+    happens to be a conv of the model: RetinaNet's 4th conv into ATSS's 3rd.
+    """
+    state = model.state_dict()
+    renames: Dict[str, str] = {}
+    for tower in _TOWERS:
+        source, target = _tower_layers(weights, tower), _tower_layers(state, tower)
+        if source is None or target is None or not all(source.values()):
+            continue  # absent, or the file's tower has norm layers of its own: names as they are
+        source_convs = sorted(source)
+        target_convs = sorted(i for i, is_conv in target.items() if is_conv)
+        if source_convs == target_convs or len(source_convs) != len(target_convs):
+            continue
+        for i, j in zip(source_convs, target_convs):
+            for leaf in ("weight", "bias"):  # ATSS's convs before a norm have no bias
+                if f"{tower}.{i}.{leaf}" in weights and f"{tower}.{j}.{leaf}" in state:
+                    renames[f"{tower}.{i}.{leaf}"] = f"{tower}.{j}.{leaf}"
+        logger.info(
+            f"{tower}: the file's {len(source_convs)} convs (layers {source_convs}, a tower "
+            f"without normalisation, as detectron2's RetinaNet) load into the model's, in order "
+            f"(layers {target_convs}); its normalisation layers keep their initialisation"
+        )
+    if not renames:
+        return weights
+    return {renames.get(name, name): value for name, value in weights.items()}
+
+
+def model_input_convention(model) -> Dict[str, object]:
+    """The input ``model`` reads, as :func:`~atss_d2.checkpoint.convert.input_convention`
+    writes it (the keys the model shows: ``INPUT.FORMAT``, ``MODEL.PIXEL_MEAN`` / ``STD``,
+    ``MODEL.RESNETS.STRIDE_IN_1X1``): what atss_d2's trainers save beside the weights, so that
+    loading them into a model that reads its input otherwise is a warning."""
+    keys = ("INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "MODEL.RESNETS.STRIDE_IN_1X1")
+    settings = {key: _model_setting(model, key) for key in keys}
+    return {key: value for key, value in settings.items() if value is not None}
+
+
 def _model_setting(model, key: str):
     """The value of config key ``key`` that ``model`` was built with, when it shows; else None."""
     if key == "INPUT.FORMAT":
@@ -465,6 +530,20 @@ def _model_setting(model, key: str):
             return None  # no ResNet bottleneck (basic blocks have no 1x1 conv to stride in)
         return tuple(getattr(conv1, "stride", (1, 1))) != (1, 1)
     return None
+
+
+def _tag_message(path: str) -> str:
+    """What to say of detectron2's ``last_checkpoint`` tag given as a weights file."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        name = f.read(4096).strip()
+    message = (
+        f"Weights path {path!r} is detectron2's last_checkpoint tag (a text file naming the "
+        "newest checkpoint of its directory), not a checkpoint file"
+    )
+    if not name:
+        return message + ", and it is empty: set MODEL.WEIGHTS to a .pth file of that directory"
+    target = os.path.join(os.path.dirname(path), name)
+    return message + f": set MODEL.WEIGHTS to {target}, the checkpoint it names"
 
 
 def _directory_message(path: str) -> str:

@@ -22,7 +22,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 
-from ..checkpoint import SafeDetectionCheckpointer, WeightsNotFoundError
+from ..checkpoint import SafeDetectionCheckpointer, WeightsNotFoundError, model_input_convention
 from ..checkpoint.detection_checkpoint import IncompatibleWeightsError
 
 __all__ = [
@@ -109,7 +109,13 @@ class AtomicSaveMixin:
         atomically, then tag it as the last checkpoint. Skipped (with an error logged, the
         previous checkpoint and tag left as they are) when the model's weights are not finite.
         """
-        kwargs = {**self.extra_data, **kwargs}
+        # With the input the weights are trained on, for the loader's check of a model that
+        # reads its input otherwise (model_input_convention).
+        kwargs = {
+            "input_convention": model_input_convention(self.model),
+            **self.extra_data,
+            **kwargs,
+        }
         if not self.save_dir or not self.save_to_disk:
             return
         model_state = self.model.state_dict()
