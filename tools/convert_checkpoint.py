@@ -43,17 +43,6 @@ DESCRIPTIONS = {
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _convention_of(cfg, convention) -> dict:
-    """The config's values of the keys of ``convention``."""
-    out = {}
-    for key in convention:
-        node = cfg
-        for part in key.split("."):
-            node = getattr(node, part)
-        out[key] = node
-    return out
-
-
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,6 +100,7 @@ def main(argv=None) -> int:
         ConversionError,
         UnsafeCheckpointError,
         compare_cell_anchors,
+        config_convention,
         config_convention_overrides,
         convert_state_dict,
         describe_convention,
@@ -177,7 +167,7 @@ def main(argv=None) -> int:
         if fix:
             report.warnings.append(
                 f"the {args.source} weights were trained on {describe_convention(convention)}; "
-                f"the config reads {describe_convention(_convention_of(cfg, convention))}, so "
+                f"the config reads {describe_convention(config_convention(cfg, convention))}, so "
                 f"the features would be wrong: the command below adds {shlex.join(fix)}"
             )
             opts = list(opts) + fix

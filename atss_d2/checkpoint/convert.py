@@ -55,6 +55,7 @@ __all__ = [
     "ConversionReport",
     "ModelArch",
     "compare_cell_anchors",
+    "config_convention",
     "config_convention_overrides",
     "convention_overrides",
     "convert_state_dict",
@@ -749,6 +750,11 @@ def convention_overrides(convention: Mapping[str, object], get) -> List[str]:
             continue
         opts += [key, str(list(want)) if isinstance(want, (list, tuple)) else str(want)]
     return opts
+
+
+def config_convention(cfg, keys) -> Dict[str, object]:
+    """The config's values of ``keys`` (those of an :func:`input_convention`)."""
+    return {key: _config_value(cfg, key) for key in keys}
 
 
 def config_convention_overrides(cfg, convention: Mapping[str, object]) -> List[str]:

@@ -26,6 +26,7 @@ __all__ = [
     "SafeDetectionCheckpointer",
     "WeightsNotFoundError",
     "model_input_convention",
+    "read_last_checkpoint_tag",
 ]
 
 logger = logging.getLogger(__name__)
@@ -532,10 +533,15 @@ def _model_setting(model, key: str):
     return None
 
 
+def read_last_checkpoint_tag(path: str) -> str:
+    """The file name that detectron2's ``last_checkpoint`` tag ``path`` holds ("" when empty)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read(4096).strip()
+
+
 def _tag_message(path: str) -> str:
     """What to say of detectron2's ``last_checkpoint`` tag given as a weights file."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        name = f.read(4096).strip()
+    name = read_last_checkpoint_tag(path)
     message = (
         f"Weights path {path!r} is detectron2's last_checkpoint tag (a text file naming the "
         "newest checkpoint of its directory), not a checkpoint file"
@@ -554,8 +560,7 @@ def _directory_message(path: str) -> str:
     if os.path.isfile(final):
         return f"{message}: set MODEL.WEIGHTS to {final}, the final model it holds"
     if os.path.isfile(tag):
-        with open(tag, encoding="utf-8", errors="replace") as f:
-            last = os.path.join(path, f.read().strip())
+        last = os.path.join(path, read_last_checkpoint_tag(tag))
         return (
             f"{message}: its last_checkpoint names {last}; set MODEL.WEIGHTS to it (or resume "
             f"with --resume and OUTPUT_DIR {path})"

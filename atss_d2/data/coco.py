@@ -26,7 +26,7 @@ from .image_size import (
     try_read_image_header,
     unreadable_images_message,
 )
-from .layout import describe_annotation_path
+from .layout import describe_annotation_path, upload_name_candidates
 
 __all__ = ["register_coco_dataset", "validate_coco_json"]
 
@@ -250,9 +250,7 @@ def _resolve_image_paths(
         name = image["file_name"]
         path = os.path.join(image_root, name)
         if _is_foreign_absolute(name) and not os.path.isfile(path):
-            base = _base_name(name)
-            match = _LABEL_STUDIO_PREFIX.match(base)
-            for candidate in [base] + ([match.group(1)] if match else []):
+            for candidate in upload_name_candidates(_base_name(name)):
                 if candidate and os.path.isfile(os.path.join(image_root, candidate)):
                     path = os.path.join(image_root, candidate)
                     renamed.append((name, path))
@@ -266,10 +264,6 @@ def _resolve_image_paths(
             )
         paths.append(path)
     return paths, renamed
-
-
-# Label Studio stores an upload as "<the first 8 hex digits of a uuid4>-<original name>".
-_LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}-(.+)$")
 
 
 def _check_image_files(
@@ -333,8 +327,7 @@ def _missing_images_message(
             "file_name values"
         )
     else:
-        match = _LABEL_STUDIO_PREFIX.match(base)
-        for candidate in [base] + ([match.group(1)] if match else []):
+        for candidate in upload_name_candidates(base):
             found = os.path.join(image_root, candidate)
             if candidate != first and os.path.isfile(found):
                 prefix = (

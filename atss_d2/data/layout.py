@@ -6,9 +6,21 @@ jsons in it, or one with a Pascal VOC ``Annotations/`` folder.
 """
 
 import os
+import re
 from typing import List, Optional
 
-__all__ = ["describe_annotation_path"]
+__all__ = ["describe_annotation_path", "upload_name_candidates"]
+
+# Label Studio stores an upload as "<the first 8 hex digits of a uuid4>-<original name>".
+_LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}-(.+)$")
+
+
+def upload_name_candidates(base: str) -> List[str]:
+    """``[base]``, then ``base`` without Label Studio's upload prefix when it has one
+    ("3f2a9c1e-photo.jpg" -> "photo.jpg"): the names an exported image may have on disk."""
+    match = _LABEL_STUDIO_PREFIX.match(base)
+    return [base] + ([match.group(1)] if match else [])
+
 
 # How many files of a folder are looked at (a folder of a million images is not listed).
 _MAX_FILES = 2000

@@ -47,7 +47,6 @@ import difflib
 import logging
 import math
 import os
-import re
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional, Sequence, Tuple
 from xml.parsers import expat
@@ -63,7 +62,7 @@ from .image_size import (
     try_read_image_header,
     unreadable_images_message,
 )
-from .layout import describe_annotation_path
+from .layout import describe_annotation_path, upload_name_candidates
 
 __all__ = [
     "DIFFICULT_MODES",
@@ -80,8 +79,6 @@ _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _COORDINATES = ("xmin", "ymin", "xmax", "ymax")
 # How far (px) a box may exceed VOC's 1 <= xmin < xmax <= width rule before it is an error.
 _TOLERANCE = 1.0
-# Label Studio stores an upload as "<the first 8 hex digits of a uuid4>-<original name>".
-_LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}-(.+)$")
 
 # name -> (annotations_dir, images_dir, classes, difficult) as requested, absolute paths; for
 # telling a repeated registration (a no-op) from a clash.
@@ -151,9 +148,8 @@ def _find_image(xml_file: str, filename: str, images_dir: str, stem: str) -> str
         candidates += [filename + e for e in extensions]
     for name in (stem, os.path.basename(stem)):
         candidates += [name + e for e in extensions]
-    match = _LABEL_STUDIO_PREFIX.match(os.path.basename(filename))
-    if match:
-        candidates.append(os.path.join(os.path.dirname(filename), match.group(1)))
+    for name in upload_name_candidates(os.path.basename(filename))[1:]:
+        candidates.append(os.path.join(os.path.dirname(filename), name))
     for candidate in dict.fromkeys(candidates):  # unique, in order
         path = os.path.join(images_dir, candidate)
         if os.path.isfile(path):

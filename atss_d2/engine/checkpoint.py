@@ -23,7 +23,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 
 from ..checkpoint import SafeDetectionCheckpointer, WeightsNotFoundError, model_input_convention
-from ..checkpoint.detection_checkpoint import IncompatibleWeightsError
+from ..checkpoint.detection_checkpoint import IncompatibleWeightsError, read_last_checkpoint_tag
 
 __all__ = [
     "AtomicCheckpointer",
@@ -267,8 +267,7 @@ class SafeAtomicCheckpointer(AtomicSaveMixin, SafeDetectionCheckpointer):
                 message lists the checkpoints of the directory.
         """
         tag = os.path.join(self.save_dir, "last_checkpoint")
-        with open(tag, encoding="utf-8", errors="replace") as f:
-            name = f.read().strip()
+        name = read_last_checkpoint_tag(tag)
         found = _checkpoints_in(self.save_dir)
         fix = "delete it to start from MODEL.WEIGHTS (train.init_checkpoint) instead"
         if found:
